@@ -1,0 +1,63 @@
+import type { Redis } from 'ioredis'
+import type { BusTransport, Deliver } from './bus'
+import { closeTcp } from './tcp'
+
+// One subscriber connection per instance, made on first use. SUBSCRIBE is
+// only sent on a ready connection (ioredis 5 silently loses one sent before
+// `ready`), and every `ready` after a reconnect subscribes all wanted
+// channels again, so a Redis restart does not leave the bus deaf.
+
+export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onError: (err: Error) => void) {
+  return (deliver: Deliver): BusTransport => {
+    const wanted = new Set<string>()
+    let subscriber: Redis | undefined
+    let closed = false
+
+    function connection (): Redis {
+      if (subscriber !== undefined) return subscriber
+      const sub = publisher.duplicate({ connectionName: 'redis-tiers-subscriber' })
+      sub.on('error', onError)
+      sub.on('message', (channel: string, text: string) => deliver(channel, text))
+      sub.on('ready', () => {
+        if (wanted.size > 0) sub.subscribe(...wanted).catch(onError)
+      })
+      sub.connect().catch(() => {}) // reported through `error`
+      subscriber = sub
+      return sub
+    }
+
+    async function untilReady (sub: Redis): Promise<void> {
+      if (sub.status === 'ready') return
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          sub.off('ready', ready)
+          reject(new Error(`subscriber connection not ready within ${commandTimeoutMs} ms; the subscription is kept and made when Redis answers`))
+        }, commandTimeoutMs)
+        const ready = (): void => { clearTimeout(timer); resolve() }
+        sub.once('ready', ready)
+      })
+    }
+
+    return {
+      async listen (channel) {
+        wanted.add(channel)
+        const sub = connection()
+        await untilReady(sub)
+        await sub.subscribe(channel) // confirmed before we resolve; a repeat SUBSCRIBE is harmless
+      },
+      async unlisten (channel) {
+        wanted.delete(channel)
+        if (subscriber?.status === 'ready') await subscriber.unsubscribe(channel)
+      },
+      async publish (channel, text) {
+        await publisher.publish(channel, text)
+      },
+      async close () {
+        if (closed) return
+        closed = true
+        wanted.clear()
+        if (subscriber !== undefined) await closeTcp(subscriber, commandTimeoutMs)
+      }
+    }
+  }
+}

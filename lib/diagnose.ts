@@ -1,0 +1,93 @@
+// A failed probe becomes one sentence: what went wrong, which variable to look
+// at, and what to change. Input errors are already redacted.
+
+export interface DiagnosisContext {
+  tier: 'tcp' | 'rest'
+  /** The variable that holds the address (REDIS_URL, REDIS_HOST, UPSTASH_REDIS_REST_URL, KV_REST_API_URL). */
+  variable: string
+  /** The variable that holds the secret (REDIS_URL, REDIS_PASSWORD, UPSTASH_REDIS_REST_TOKEN, ...). */
+  secretVariable: string
+  /** Redacted address, safe to print. */
+  endpoint: string
+  tls: boolean
+  timeoutMs: number
+}
+
+export class ProbeTimeout extends Error {
+  override name = 'ProbeTimeout'
+  code = 'ETIMEDOUT'
+}
+
+const CERT_CODES = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE'
+])
+
+/** The innermost error code (fetch wraps socket errors in `cause`). */
+function codeOf (err: unknown): { code: string, message: string } {
+  let current: unknown = err
+  let code = ''
+  let message = ''
+  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
+    const c = (current as { code?: unknown }).code
+    if (typeof c === 'string' && c !== '') code = c
+    message = `${message} ${current.message}`
+    current = (current as { cause?: unknown }).cause
+  }
+  return { code, message: message.trim() }
+}
+
+export function diagnose (err: unknown, ctx: DiagnosisContext): string {
+  const { code, message } = codeOf(err)
+  const where = `${ctx.endpoint} (${ctx.variable})`
+  const tlsHint = ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
+
+  if (err instanceof ProbeTimeout || code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || (err as Error | undefined)?.name === 'TimeoutError') {
+    const tlsTimeout = ctx.tls && ctx.tier === 'tcp' ? '; a server without TLS looks the same to rediss://, so if it has no TLS use redis://' : ''
+    return `no answer from ${where} within ${ctx.timeoutMs} ms: check the address and that this network may reach it, or raise REDIS_CONNECT_TIMEOUT_MS${ctx.tier === 'tcp' ? tlsHint : ''}${tlsTimeout}`
+  }
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_NONAME') {
+    return `host of ${where} cannot be resolved (${code}): check the host name in ${ctx.variable}`
+  }
+  if (code === 'ECONNREFUSED') {
+    return `connection refused by ${where}: nothing listens there; check host and port in ${ctx.variable} and that the server is running`
+  }
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') {
+    return `${where} is unreachable from this network (${code}): check ${ctx.variable} and firewall rules`
+  }
+  if (CERT_CODES.has(code)) {
+    return `the TLS certificate of ${where} was rejected (${code}); verification stays on: fix the host name, or trust your CA with NODE_EXTRA_CA_CERTS=/path/to/ca.pem`
+  }
+  if (/wrong version number|EPROTO|ERR_SSL|packet length too long|before secure TLS connection/i.test(`${code} ${message}`)) {
+    return `TLS handshake with ${where} failed: the server does not speak TLS on that port; use redis:// if it has no TLS, or the provider's TLS port`
+  }
+  if (ctx.tier === 'tcp') {
+    if (/WRONGPASS|invalid (username-)?password|invalid password/i.test(message)) {
+      return `authentication failed (WRONGPASS) at ${where}: the user name or password in ${ctx.secretVariable} is wrong`
+    }
+    if (/NOAUTH|Authentication required/i.test(message)) {
+      return `${where} requires a password (NOAUTH): put it in ${ctx.secretVariable === 'REDIS_URL' ? 'REDIS_URL as redis://:password@host:port' : ctx.secretVariable}`
+    }
+    if (/without any password configured|no password is set/i.test(message)) {
+      return `a password was given but ${where} has none configured: remove it from ${ctx.secretVariable}`
+    }
+    if (code === 'ECONNRESET' || /Connection is closed|socket hang up/i.test(message)) {
+      return `${where} closed the connection during the handshake${tlsHint}`
+    }
+    if (/Unknown RESP type|Protocol error/i.test(message)) {
+      return `${where} answered with something that is not Redis (an HTTP server or a proxy?): check the host and port in ${ctx.variable}`
+    }
+  } else {
+    if (/unauthori[sz]ed|WRONGPASS|NOAUTH|forbidden|NOPERM|invalid.*token|\b40[13]\b/i.test(message)) {
+      return `${where} rejected the token (HTTP 401/403): ${ctx.secretVariable} is wrong or lacks permission; copy the REST token again from the Upstash console`
+    }
+    if (/Unable to parse response body|JSON/i.test(message)) {
+      return `${where} did not answer like an Upstash REST endpoint: check that ${ctx.variable} is the REST URL (https://<name>.upstash.io), not a web page or proxy`
+    }
+    if (code === 'ECONNRESET' || /socket hang up|other side closed/i.test(message)) {
+      return `${where} closed the connection: check ${ctx.variable}`
+    }
+  }
+  return `cannot reach ${where}: ${message || String(err)}`
+}

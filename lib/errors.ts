@@ -1,0 +1,16 @@
+import createError from '@fastify/error'
+
+// Errors are values with a code and a message that says what to do. None of
+// them may carry a secret: callers pass text that went through lib/redact.
+
+/** Bad configuration: boot fails with this message, which names the variable and the fix. */
+export const ConfigError = createError<[string]>('REDIS_TIERS_CONFIG', '%s', 500)
+
+/** A feature that was skipped at boot, or whose tier is down right now: becomes 503 with the reason. */
+export const FeatureUnavailableError = createError<[string, string]>('REDIS_TIERS_FEATURE_UNAVAILABLE', '%s is unavailable: %s', 503)
+
+/** REDIS_REQUIRED=true and no Redis tier answered the probe. */
+export const RedisRequiredError = createError<[string]>('REDIS_TIERS_REQUIRED', 'REDIS_REQUIRED=true but no Redis tier is reachable: %s', 500)
+
+/** A decorator name is owned by another plugin. */
+export const DecoratorTakenError = createError<[string, string]>('REDIS_TIERS_DECORATOR_TAKEN', 'fastify.%s is already decorated (by another plugin such as %s); pass the `decorator` option to use another name', 500)

@@ -1,0 +1,81 @@
+import { parseBooleanVariable, parseChoiceVariable } from './config'
+
+export type Tier = 'tcp' | 'rest' | 'memory'
+export type RedisTier = Exclude<Tier, 'memory'>
+export const TIERS: readonly Tier[] = ['tcp', 'rest', 'memory']
+
+/** What a feature plugin declares: the tiers it accepts in order of preference, and what it does without them. */
+export interface FeatureRequirement {
+  feature: string
+  tiers: readonly RedisTier[]
+  fallback: 'memory' | 'skip'
+  /** The env flag that turns the feature off, e.g. CACHE_ENABLED. */
+  flag: string
+}
+
+export type Resolution =
+  | { feature: string, status: 'active', tier: Tier, reason: string, shared: boolean }
+  | { feature: string, status: 'skipped', tier: null, reason: string, shared: false }
+
+/** What the resolver needs to know of each Redis tier. */
+export interface TierAvailability {
+  configured: boolean
+  reachable: boolean
+  /** Why it is not reachable (already redacted). */
+  diagnosis?: string
+}
+
+const TIER_LABEL: Record<RedisTier, string> = {
+  tcp: 'a TCP Redis (REDIS_URL)',
+  rest: 'Upstash REST (UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN)'
+}
+
+function envPrefix (feature: string): string {
+  return feature.toUpperCase().replace(/[^A-Z0-9]+/g, '_')
+}
+
+/**
+ * Requirement + probe results + env flags -> one resolution. Pure: the
+ * connections plugin records the result in `fastify.features`.
+ * Throws ConfigError when a flag holds an invalid value.
+ */
+export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, env: Readonly<Record<string, string>>): Resolution {
+  const { feature } = req
+  const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })
+  const active = (tier: Tier, reason: string): Resolution => ({ feature, status: 'active', tier, reason, shared: tier !== 'memory' })
+
+  if (!parseBooleanVariable(env, req.flag, true)) return skipped(`disabled by ${req.flag}=${env[req.flag]}`)
+
+  const tierVariable = `${envPrefix(feature)}_TIER`
+  const forced = parseChoiceVariable(env, tierVariable, TIERS)
+  if (forced === 'memory') {
+    return req.fallback === 'memory'
+      ? active('memory', `forced by ${tierVariable}=memory; state is per instance and lost on restart`)
+      : skipped(`${tierVariable}=memory is not supported: ${feature} needs ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}`)
+  }
+  if (forced !== undefined) {
+    if (!req.tiers.includes(forced)) return skipped(`${tierVariable}=${forced} is not supported: ${feature} runs on ${req.tiers.join(', ')}`)
+    const state = tiers[forced]
+    if (state.reachable) return active(forced, `forced by ${tierVariable}=${forced}`)
+    return skipped(`${tierVariable}=${forced} but ${forced} is ${state.configured ? `not reachable: ${state.diagnosis ?? 'probe failed'}` : 'not configured'}`)
+  }
+
+  const chosen = req.tiers.find((tier) => tiers[tier].reachable)
+  if (chosen !== undefined) {
+    const preferred = req.tiers[0]
+    return active(chosen, chosen === preferred ? `${chosen} is reachable` : `${preferred} is ${tiers[preferred].configured ? 'unreachable' : 'not configured'}; using ${chosen}`)
+  }
+
+  const why = whyNoTier(req, tiers)
+  return req.fallback === 'memory'
+    ? active('memory', `${why}; running in memory: per instance, lost on restart`)
+    : skipped(`${feature} need${feature.endsWith('s') ? '' : 's'} ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}; ${why}`)
+}
+
+function whyNoTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>): string {
+  const broken = req.tiers.filter((t) => tiers[t].configured)
+  if (broken.length > 0) return broken.map((t) => `${t} unreachable: ${tiers[t].diagnosis ?? 'probe failed'}`).join('; ')
+  const others = (Object.keys(tiers) as RedisTier[]).filter((t) => !req.tiers.includes(t) && tiers[t].reachable)
+  if (others.length > 0) return `only ${others.map((t) => TIER_LABEL[t]).join(' and ')} is configured`
+  return 'no Redis configured'
+}

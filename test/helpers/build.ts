@@ -1,0 +1,51 @@
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
+import app from '../../app'
+import type { EnvInput } from '../../lib/config'
+import type { Teardown } from './redis-server'
+
+export interface LogLine { level: number, msg: string, [key: string]: unknown }
+
+export interface Built {
+  app: FastifyInstance
+  /** Every log line the app wrote, parsed. */
+  logs: LogLine[]
+  /** All log output as text, for "no secret in here" assertions. */
+  logText: () => string
+}
+
+export interface BuildOptions {
+  /** Extra plugins registered after the app (e.g. a test-only feature). */
+  plugins?: FastifyPluginAsync[]
+}
+
+/**
+ * The app with exactly `env` (process.env is ignored, so the machine's own
+ * variables cannot leak into a test), ready, and closed in teardown.
+ */
+export async function build (t: Teardown, env: EnvInput = {}, opts: BuildOptions = {}): Promise<Built> {
+  const raw: string[] = []
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, done) { raw.push(chunk.toString()); done() }
+  })
+  const fastify = Fastify({ logger: { level: 'info', stream } })
+  t.teardown(async () => await fastify.close())
+  await fastify.register(app, { env, processEnv: false })
+  for (const plugin of opts.plugins ?? []) await fastify.register(plugin)
+  await fastify.ready()
+  return {
+    app: fastify,
+    get logs () { return raw.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as LogLine) },
+    logText: () => raw.join('')
+  }
+}
+
+/** Poll `check` until it returns true, or fail after `ms`. For conditions no event announces. */
+export async function eventually (check: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    if (await check()) return
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${ms} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}

@@ -1,0 +1,117 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { once } from 'node:events'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+
+// A real redis-server on a free loopback port, owned by one test file, so
+// tests can kill, pause and restart it without touching anyone else's Redis.
+
+export interface Teardown { teardown: (fn: () => unknown) => void }
+
+export interface RedisServerOptions {
+  password?: string
+  /** Keep an append-only file so that data survives restart() (the port and directory are kept). */
+  appendonly?: boolean
+}
+
+export interface RedisServer {
+  readonly port: number
+  /** redis://[:password@]127.0.0.1:port */
+  readonly url: string
+  /** Kill it (SIGKILL), as a crash or an outage would. */
+  stop: () => Promise<void>
+  /** SIGSTOP: the port accepts connections but nothing answers. */
+  pause: () => void
+  resume: () => void
+  /** Start it again on the same port. */
+  restart: () => Promise<void>
+}
+
+export function findRedisServer (): string {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    const candidate = path.join(dir, 'redis-server')
+    if (dir !== '' && existsSync(candidate)) return candidate
+  }
+  throw new Error('redis-server was not found on PATH: the tests need a real Redis binary (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)')
+}
+
+export async function freePort (): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+/** Resolves when the server answers PING (or NOAUTH), within `ms`. */
+async function waitUntilAnswering (port: number, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const answered = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1')
+      socket.setTimeout(200, () => { socket.destroy(); resolve(false) })
+      socket.once('error', () => resolve(false))
+      socket.once('connect', () => socket.write('PING\r\n'))
+      socket.once('data', (data) => { socket.destroy(); resolve(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
+    })
+    if (answered) return
+    if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not answer within ${ms} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+export async function startRedisServer (t: Teardown, opts: RedisServerOptions = {}): Promise<RedisServer> {
+  const binary = findRedisServer()
+  const port = await freePort()
+  const dir = mkdtempSync(path.join(tmpdir(), 'redis-tiers-test-'))
+  const args = [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning',
+    '--appendonly', opts.appendonly === true ? 'yes' : 'no', '--appendfsync', 'always'
+  ]
+  if (opts.password !== undefined) args.push('--requirepass', opts.password)
+  let child: ChildProcess | undefined
+
+  async function start (): Promise<void> {
+    const proc = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    proc.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+    child = proc
+    try {
+      await waitUntilAnswering(port, 5000)
+    } catch (err) {
+      proc.kill('SIGKILL')
+      throw new Error(`${(err as Error).message}: ${stderr.trim()}`, { cause: err })
+    }
+  }
+
+  async function stop (): Promise<void> {
+    const proc = child
+    child = undefined
+    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
+    const exited = once(proc, 'exit')
+    proc.kill('SIGKILL')
+    await exited
+  }
+
+  await start()
+  t.teardown(async () => {
+    await stop()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  const auth = opts.password !== undefined ? `:${encodeURIComponent(opts.password)}@` : ''
+  return {
+    port,
+    url: `redis://${auth}127.0.0.1:${port}`,
+    stop,
+    pause: () => { child?.kill('SIGSTOP') },
+    resume: () => { child?.kill('SIGCONT') },
+    async restart () {
+      await stop()
+      await start()
+    }
+  }
+}
