@@ -13,4 +13,4 @@ export const FeatureUnavailableError = createError<[string, string]>('REDIS_TIER
 export const RedisRequiredError = createError<[string]>('REDIS_TIERS_REQUIRED', 'REDIS_REQUIRED=true but no Redis tier is reachable: %s', 500)
 
 /** A decorator name is owned by another plugin. */
-export const DecoratorTakenError = createError<[string, string]>('REDIS_TIERS_DECORATOR_TAKEN', 'fastify.%s is already decorated (by another plugin such as %s); pass the `decorator` option to use another name', 500)
+export const DecoratorTakenError = createError<[string, string, string]>('REDIS_TIERS_DECORATOR_TAKEN', 'fastify.%s is already decorated, probably by %s; %s', 500)

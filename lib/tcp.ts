@@ -38,12 +38,6 @@ export function tcpOptions (target: TcpTarget, timeouts: TcpTimeouts): RedisOpti
   }
 }
 
-/** Errors after which retrying within the probe window is pointless. */
-function isFinal (err: Error): boolean {
-  const code = (err as { code?: string }).code
-  return code === 'ENOTFOUND' || code === 'EAI_NONAME' || /WRONGPASS|NOAUTH|invalid password|without any password|certificate|CERT|wrong version number/i.test(`${code ?? ''} ${err.message}`)
-}
-
 export interface TcpProbeResult {
   ok: boolean
   client?: Redis
@@ -52,37 +46,28 @@ export interface TcpProbeResult {
 }
 
 /**
- * Connect and PING within one deadline. On success the connected client is
- * returned for runtime use (it keeps reconnecting with capped backoff); on
- * failure it is disconnected so that nothing keeps trying in the background.
+ * Connect and PING within one deadline. The first connection error ends the
+ * probe (events.once rejects on `error`), so a refused port or a wrong
+ * password answers at once instead of after the deadline. On success the
+ * connected client is returned for runtime use (it keeps reconnecting with
+ * capped backoff); on failure it is disconnected so that nothing keeps
+ * trying in the background.
  */
 export async function probeTcp (target: TcpTarget, timeouts: TcpTimeouts, deadlineMs: number): Promise<TcpProbeResult> {
   const client = new Redis(tcpOptions(target, timeouts))
-  let lastError: Error | undefined
-  let finalError: ((err: Error) => void) | undefined
-  const onError = (err: Error): void => {
-    lastError = err
-    if (isFinal(err)) finalError?.(err)
-  }
-  client.on('error', onError)
-  const abort = new AbortController()
-  const timer = setTimeout(() => abort.abort(), deadlineMs)
+  client.on('error', () => {}) // never an unhandled `error` event, even before the owner adds its listener
+  const deadline = AbortSignal.timeout(deadlineMs)
   try {
-    const fatal = new Promise<never>((_resolve, reject) => { finalError = reject })
-    fatal.catch(() => {})
-    client.connect().catch(() => {}) // failures arrive as `error` events, which we keep
-    await Promise.race([once(client, 'ready', { signal: abort.signal }), fatal])
+    client.connect().catch(() => {}) // the same failure arrives as the `error` event awaited below
+    await once(client, 'ready', { signal: deadline })
     const started = performance.now()
-    await Promise.race([client.ping(), fatal, once(abort.signal, 'abort').then(() => { throw new ProbeTimeout('probe timed out') })])
+    await Promise.race([client.ping(), once(deadline, 'abort')])
+    if (deadline.aborted) throw new ProbeTimeout('PING timed out')
     const latencyMs = Math.round((performance.now() - started) * 100) / 100
-    client.off('error', onError)
     return { ok: true, client, latencyMs }
   } catch (err) {
     client.disconnect()
-    // A timeout that saw a connection error is better explained by that error.
-    return { ok: false, error: abort.signal.aborted ? (lastError ?? new ProbeTimeout('probe timed out')) : (err as Error) }
-  } finally {
-    clearTimeout(timer)
+    return { ok: false, error: deadline.aborted ? new ProbeTimeout('probe timed out') : (err as Error) }
   }
 }
 

@@ -76,8 +76,9 @@ function emptyState (): TierState {
 }
 
 async function connections (fastify: FastifyInstance, opts: ConnectionsOptions): Promise<void> {
-  assertDecoratorFree(fastify, 'connections', '@fastify/redis or another connections plugin')
-  assertDecoratorFree(fastify, 'features', 'another feature registry')
+  const fix = 'register this app in its own encapsulated context (fastify.register without fastify-plugin) or remove the other plugin'
+  assertDecoratorFree(fastify, 'connections', 'another connections plugin', fix)
+  assertDecoratorFree(fastify, 'features', 'another feature registry', fix)
   const log = fastify.log.child({ plugin: 'connections' })
   const warn = rateLimitedWarn(log)
 
@@ -129,7 +130,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       endpoint: tcpCfg.target.display,
       reachable: tcpProbe.ok,
       latencyMs: tcpProbe.latencyMs ?? null,
-      lastError: tcpProbe.ok ? null : safe(diagnose(redact(tcpProbe.error), tcpContext)),
+      lastError: tcpProbe.ok ? null : safe(diagnose(tcpProbe.error, tcpContext)),
       checkedAt
     })
   }
@@ -140,7 +141,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       endpoint: restCfg.target.display,
       reachable: restProbe.ok,
       latencyMs: restProbe.latencyMs ?? null,
-      lastError: restProbe.ok ? null : safe(diagnose(redact(restProbe.error), restContext)),
+      lastError: restProbe.ok ? null : safe(diagnose(restProbe.error, restContext)),
       checkedAt
     })
   }

@@ -1,5 +1,6 @@
 import t from 'tap'
 import net from 'node:net'
+import http from 'node:http'
 import tls from 'node:tls'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -138,6 +139,22 @@ t.test('tier selection and diagnoses', async (t) => {
     const { app } = await build(t, { ...FAST, REDIS_PORT: redis.port }, opts)
     t.match(app.connections.tiers.tcp, { configured: true, reachable: false, source: 'REDIS_PORT', lastError: /REDIS_PORT is set but neither REDIS_URL nor REDIS_HOST is/ })
     t.equal(app.connections.tcp, null)
+  })
+
+  t.test('an address that is not Redis, and one that is not Upstash REST', async (t) => {
+    const web = http.createServer((_req, res) => { res.writeHead(404, { 'content-type': 'text/html' }); res.end('<html>not found</html>') })
+    web.listen(0, '127.0.0.1')
+    await new Promise((resolve) => web.once('listening', resolve))
+    t.teardown(() => { web.closeAllConnections(); web.close() })
+    const port = (web.address() as net.AddressInfo).port
+    const { app } = await build(t, { ...FAST, REDIS_URL: `redis://127.0.0.1:${port}`, UPSTASH_REDIS_REST_URL: `http://127.0.0.1:${port}`, UPSTASH_REDIS_REST_TOKEN: 'tok' }, opts)
+    t.match(app.connections.tiers.tcp.lastError, /\(REDIS_URL\) answered with something that is not Redis.*check the host and port in REDIS_URL/)
+    t.match(app.connections.tiers.rest.lastError, /did not answer like an Upstash REST endpoint: check that UPSTASH_REDIS_REST_URL is the REST URL/)
+  })
+
+  t.test('REST endpoint at a closed port: connection refused naming the REST variable', async (t) => {
+    const { app } = await build(t, { ...FAST, UPSTASH_REDIS_REST_URL: `http://127.0.0.1:${await freePort()}`, UPSTASH_REDIS_REST_TOKEN: 'tok' }, opts)
+    t.match(app.connections.tiers.rest.lastError, /connection refused by http:\/\/127\.0\.0\.1:\d+ \(UPSTASH_REDIS_REST_URL\)/)
   })
 
   t.test('redis:// to a TLS-only host is diagnosed before dialling', async (t) => {

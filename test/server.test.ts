@@ -1,0 +1,86 @@
+import t, { type Test } from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import path from 'node:path'
+import { freePort } from './helpers/redis-server'
+import { eventually } from './helpers/build'
+
+// server.ts as a newcomer runs it: a real process, JSON logs on stdout, a
+// real port, signals.
+
+const root = path.join(__dirname, '..')
+
+interface Running { child: ChildProcess, lines: () => Array<Record<string, unknown>>, output: () => string }
+
+function startServer (t: Test, env: Record<string, string>): Running {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'server.ts'], {
+    cwd: root,
+    env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let out = ''
+  child.stdout?.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  return {
+    child,
+    output: () => out,
+    lines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  }
+}
+
+async function listeningUrl (server: Running): Promise<string> {
+  let url = ''
+  await eventually(() => {
+    const line = server.lines().find((l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening at http://127.0.0.1'))
+    url = line !== undefined ? String(line.msg).replace('Server listening at ', '') : ''
+    return url !== ''
+  }, 20000, `server listening; output so far: ${server.output().slice(0, 500)}`)
+  return url
+}
+
+t.test('with no env it boots on the memory tier, reports, serves /health, and closes on SIGTERM', async (t) => {
+  const server = startServer(t, {})
+  const url = await listeningUrl(server)
+  const report = server.lines().map((l) => l.msg)
+  t.ok(report.includes('tier tcp: not configured') && report.includes('tier rest: not configured'), 'boot report printed')
+  const health = await fetch(`${url}/health`)
+  t.equal(health.status, 200)
+  t.match(await health.json(), { status: 'ok' })
+  server.child.kill('SIGTERM')
+  const [code] = await once(server.child, 'exit') as [number | null]
+  t.equal(code, 0, 'graceful exit')
+})
+
+t.test('REDIS_URL at a closed port: boot finishes within the deadline + 1 s and keeps serving', async (t) => {
+  const port = await freePort()
+  const server = startServer(t, { REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_CONNECT_TIMEOUT_MS: '1500' })
+  const url = await listeningUrl(server)
+  const tcp = server.lines().find((l) => l.tier === 'tcp')
+  t.match(tcp, { level: 40, reachable: false, msg: /connection refused by .*\(REDIS_URL\)/ })
+  t.ok(Number(tcp?.probeMs) < 1500 + 1000, `probes took ${String(tcp?.probeMs)} ms`)
+  t.equal((await fetch(`${url}/health/live`)).status, 200)
+  t.equal((await fetch(`${url}/health`)).status, 200, 'a tier that failed at boot is degraded, not down')
+  t.equal(server.child.exitCode, null, 'still running')
+})
+
+t.test('an invalid variable stops boot with a message naming it', async (t) => {
+  const server = startServer(t, { REDIS_HOST: '127.0.0.1', REDIS_PORT: '99999' })
+  const [code] = await once(server.child, 'exit') as [number | null]
+  t.equal(code, 1)
+  t.match(server.output(), /REDIS_PORT must be <= 65535/)
+})
+
+t.test('REDIS_REQUIRED=true without a reachable Redis exits non-zero', async (t) => {
+  const server = startServer(t, { REDIS_REQUIRED: 'true' })
+  const [code] = await once(server.child, 'exit') as [number | null]
+  t.equal(code, 1)
+  t.match(server.output(), /REDIS_REQUIRED=true but no Redis tier is reachable: tcp: not configured; rest: not configured/)
+})
+
+t.test('an invalid PORT stops boot with a message naming it', async (t) => {
+  const server = startServer(t, { PORT: 'eighty' })
+  const [code] = await once(server.child, 'exit') as [number | null]
+  t.equal(code, 1)
+  t.match(server.output(), /PORT must be integer/)
+})
