@@ -25,6 +25,7 @@ export default tseslint.config(
   },
   {
     files: ['**/*.mjs'],
-    ...tseslint.configs.disableTypeChecked
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: { globals: { process: 'readonly' } }
   }
 )

@@ -40,4 +40,4 @@ for (const file of testFiles) {
   }
   if ((topFailure || !topPlan) && fileFailures === 0) failed++
 }
-console.log(`tests: ${passed} passed, ${failed} failed`)
+process.stdout.write(`tests: ${passed} passed, ${failed} failed\n`)
