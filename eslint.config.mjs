@@ -4,10 +4,11 @@ import tseslint from 'typescript-eslint'
 export default tseslint.config(
   { ignores: ['dist/', 'coverage/', '.tap/', 'node_modules/'] },
   js.configs.recommended,
-  ...tseslint.configs.recommendedTypeChecked,
   {
+    files: ['**/*.ts'],
+    extends: [...tseslint.configs.recommendedTypeChecked],
     languageOptions: {
-      parserOptions: { projectService: { allowDefaultProject: ['*.mjs', '.ci/*.mjs'] }, tsconfigRootDir: import.meta.dirname }
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname }
     },
     rules: {
       '@typescript-eslint/no-floating-promises': 'error',
@@ -25,7 +26,7 @@ export default tseslint.config(
   },
   {
     files: ['**/*.mjs'],
-    ...tseslint.configs.disableTypeChecked,
-    languageOptions: { globals: { process: 'readonly' } }
+    languageOptions: { globals: { process: 'readonly' } },
+    rules: { 'no-console': 'error' }
   }
 )
