@@ -1,3 +1,4 @@
+import net from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import app from '../app'
@@ -46,6 +47,10 @@ async function main (): Promise<void> {
   const redis = await startRedisServer(teardown)
   const rest = await startRestServer(teardown, redis)
   const closed = await freePort()
+  // Accepts TCP and never answers, like a firewalled or stopped host: the probe can only end at its deadline.
+  const silent = net.createServer((socket) => { socket.on('error', () => {}); cleanups.push(() => socket.destroy()) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  cleanups.push(() => silent.close())
   const row = (name: string, value: string, ratio?: number): void => {
     process.stdout.write(`${name.padEnd(46)} ${value.padStart(14)}${ratio === undefined ? '' : `   ratio ${ratio.toFixed(2)}`}\n`)
   }
@@ -58,10 +63,12 @@ async function main (): Promise<void> {
     ['tcp reachable', { REDIS_URL: redis.url }],
     ['rest reachable', { UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }],
     ['tcp + rest reachable', { REDIS_URL: redis.url, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }],
-    ['tcp closed port (deadline 2000 ms)', { REDIS_URL: `redis://127.0.0.1:${closed}` }]
+    ['tcp closed port (deadline 2000 ms)', { REDIS_URL: `redis://127.0.0.1:${closed}` }],
+    ['tcp host never answers (deadline 2000 ms)', { REDIS_URL: `redis://127.0.0.1:${(silent.address() as net.AddressInfo).port}` }],
+    ['rest closed port (deadline 2000 ms)', { UPSTASH_REDIS_REST_URL: `http://127.0.0.1:${closed}`, UPSTASH_REDIS_REST_TOKEN: 'x' }]
   ]
   for (const [name, env] of cases) {
-    const ms = await median(name.includes('closed') ? 3 : 7, async () => { const [ms, f] = await time(async () => await boot(env)); await f.close(); return ms })
+    const ms = await median(name.includes('deadline') ? 3 : 7, async () => { const [ms, f] = await time(async () => await boot(env)); await f.close(); return ms })
     row(name, `${ms.toFixed(1)} ms`, ms / bare)
   }
 
@@ -70,6 +77,8 @@ async function main (): Promise<void> {
   plain.get('/health/live', async () => ({ status: 'ok' }))
   await plain.ready()
   const withApp = await boot({ REDIS_URL: redis.url })
+  await opsPerSecond(500, async () => await plain.inject('/health/live')) // warm-up
+  await opsPerSecond(500, async () => await withApp.inject('/health/live'))
   const base = await opsPerSecond(2000, async () => await plain.inject('/health/live'))
   row('bare route /health/live', `${base.toFixed(0)} req/s`)
   const live = await opsPerSecond(2000, async () => await withApp.inject('/health/live'))

@@ -11,6 +11,8 @@ export interface DiagnosisContext {
   endpoint: string
   tls: boolean
   timeoutMs: number
+  /** The variable that sets `timeoutMs` (default REDIS_CONNECT_TIMEOUT_MS). */
+  timeoutVariable?: string
 }
 
 export class ProbeTimeout extends Error {
@@ -43,9 +45,9 @@ export function diagnose (err: unknown, ctx: DiagnosisContext): string {
   const where = `${ctx.endpoint} (${ctx.variable})`
   const tlsHint = ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
 
-  if (err instanceof ProbeTimeout || code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || (err as Error | undefined)?.name === 'TimeoutError') {
+  if (err instanceof ProbeTimeout || code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || (err as Error | undefined)?.name === 'TimeoutError' || /Command timed out/.test(message)) {
     const tlsTimeout = ctx.tls && ctx.tier === 'tcp' ? '; a server without TLS looks the same to rediss://, so if it has no TLS use redis://' : ''
-    return `no answer from ${where} within ${ctx.timeoutMs} ms: check the address and that this network may reach it, or raise REDIS_CONNECT_TIMEOUT_MS${ctx.tier === 'tcp' ? tlsHint : ''}${tlsTimeout}`
+    return `no answer from ${where} within ${ctx.timeoutMs} ms: check the address and that this network may reach it, or raise ${ctx.timeoutVariable ?? 'REDIS_CONNECT_TIMEOUT_MS'}${ctx.tier === 'tcp' ? tlsHint : ''}${tlsTimeout}`
   }
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_NONAME') {
     return `host of ${where} cannot be resolved (${code}): check the host name in ${ctx.variable}`
@@ -63,6 +65,9 @@ export function diagnose (err: unknown, ctx: DiagnosisContext): string {
     return `TLS handshake with ${where} failed: the server does not speak TLS on that port; use redis:// if it has no TLS, or the provider's TLS port`
   }
   if (ctx.tier === 'tcp') {
+    if (/Stream isn't writeable|Connection is closed\.?$/i.test(message) && !/handshake/.test(message)) {
+      return `the connection to ${where} is down and is being re-established in the background; check that the server is running`
+    }
     if (/WRONGPASS|invalid (username-)?password|invalid password/i.test(message)) {
       return `authentication failed (WRONGPASS) at ${where}: the user name or password in ${ctx.secretVariable} is wrong`
     }

@@ -54,7 +54,8 @@ export interface TcpProbeResult {
  * trying in the background.
  */
 export async function probeTcp (target: TcpTarget, timeouts: TcpTimeouts, deadlineMs: number): Promise<TcpProbeResult> {
-  const client = new Redis(tcpOptions(target, timeouts))
+  // During the probe the ready check (INFO) and PING get the whole deadline, then the runtime command timeout applies.
+  const client = new Redis({ ...tcpOptions(target, timeouts), commandTimeout: deadlineMs })
   client.on('error', () => {}) // never an unhandled `error` event, even before the owner adds its listener
   const deadline = AbortSignal.timeout(deadlineMs)
   try {
@@ -64,6 +65,7 @@ export async function probeTcp (target: TcpTarget, timeouts: TcpTimeouts, deadli
     await Promise.race([client.ping(), once(deadline, 'abort')])
     if (deadline.aborted) throw new ProbeTimeout('PING timed out')
     const latencyMs = Math.round((performance.now() - started) * 100) / 100
+    client.options.commandTimeout = timeouts.commandTimeoutMs // read per command by ioredis
     return { ok: true, client, latencyMs }
   } catch (err) {
     client.disconnect()

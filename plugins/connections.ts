@@ -188,7 +188,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const availability = { tcp: { configured: tiers.tcp.configured, reachable: tcp !== null, diagnosis: tiers.tcp.lastError ?? undefined }, rest: { configured: tiers.rest.configured, reachable: rest !== null, diagnosis: tiers.rest.lastError ?? undefined } }
 
   async function health (): Promise<HealthReport> {
-    const check = async (tier: RedisTier, ping: () => Promise<number>): Promise<void> => {
+    const check = async (tier: RedisTier, ping: () => Promise<number>, ctx: DiagnosisContext | undefined): Promise<void> => {
       try {
         tiers[tier].latencyMs = await ping()
         tiers[tier].reachable = true
@@ -196,14 +196,14 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       } catch (err) {
         tiers[tier].reachable = false
         tiers[tier].latencyMs = null
-        tiers[tier].lastError = safe(redact(err).message)
+        tiers[tier].lastError = safe(ctx !== undefined ? diagnose(err, { ...ctx, timeoutMs: timeouts.commandTimeoutMs, timeoutVariable: 'REDIS_COMMAND_TIMEOUT_MS' }) : String(err))
       }
       tiers[tier].checkedAt = new Date().toISOString()
     }
     // Only tiers that were reachable at boot hold connections the app relies on.
     await Promise.all([
-      tcp !== null ? check('tcp', async () => await pingTcp(tcp, timeouts.commandTimeoutMs)) : undefined,
-      rest !== null ? check('rest', async () => await pingRest(rest)) : undefined
+      tcp !== null ? check('tcp', async () => await pingTcp(tcp, timeouts.commandTimeoutMs), tcpContext) : undefined,
+      rest !== null ? check('rest', async () => await pingRest(rest), restContext) : undefined
     ])
     const inUse = [tcp !== null ? 'tcp' : null, rest !== null ? 'rest' : null].filter((t): t is RedisTier => t !== null)
     const down = inUse.filter((t) => !tiers[t].reachable)
