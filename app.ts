@@ -2,7 +2,9 @@ import fp from 'fastify-plugin'
 import sensible from '@fastify/sensible'
 import type { FastifyInstance } from 'fastify'
 import connections, { type ConnectionsOptions } from './plugins/connections'
+import cache, { type CachePluginOptions } from './plugins/cache'
 import healthRoutes from './routes/health'
+import cacheDemoRoutes from './routes/cache'
 
 // The whole ecosystem as one Fastify plugin: mount it with
 // `fastify.register(app, { env: { REDIS_URL: ... } })`; options override env.
@@ -10,15 +12,21 @@ import healthRoutes from './routes/health'
 export interface AppOptions extends ConnectionsOptions {
   /** Register the /health routes (default true). */
   healthRoutes?: boolean
+  /** Register the demo routes under /cache/demo (default true). */
+  demoRoutes?: boolean
+  cache?: CachePluginOptions
 }
 
 async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   // A host app may already use @fastify/sensible; registering it twice fails boot.
   if (!fastify.hasDecorator('httpErrors')) await fastify.register(sensible)
   await fastify.register(connections, { env: opts.env, processEnv: opts.processEnv })
+  // Feature plugins come before routes: route options such as `config.cache` are read as routes are added.
+  await fastify.register(cache, opts.cache ?? {})
   if (opts.healthRoutes !== false) await fastify.register(healthRoutes)
+  if (opts.demoRoutes !== false) await fastify.register(cacheDemoRoutes)
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })
-export type { ConnectionsOptions }
-export { connections }
+export type { ConnectionsOptions, CachePluginOptions }
+export { connections, cache }

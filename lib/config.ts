@@ -97,8 +97,10 @@ function hintFor (variable: string): string {
 }
 
 /** Parse a feature flag or similar boolean variable; throws ConfigError naming it. */
-export function parseBooleanVariable (env: Readonly<Record<string, string>>, name: string, fallback: boolean): boolean {
-  const raw = env[name]
+export type ReadVariable = (name: string) => string | undefined
+
+export function parseBooleanVariable (read: ReadVariable, name: string, fallback: boolean): boolean {
+  const raw = read(name)
   if (raw === undefined) return fallback
   const value = raw.toLowerCase()
   if (['true', '1', 'yes', 'on'].includes(value)) return true
@@ -107,10 +109,21 @@ export function parseBooleanVariable (env: Readonly<Record<string, string>>, nam
 }
 
 /** Parse a variable that must be one of a few words; throws ConfigError naming it. */
-export function parseChoiceVariable<T extends string> (env: Readonly<Record<string, string>>, name: string, choices: readonly T[]): T | undefined {
-  const raw = env[name]
+export function parseChoiceVariable<T extends string> (read: ReadVariable, name: string, choices: readonly T[]): T | undefined {
+  const raw = read(name)
   if (raw === undefined) return undefined
   const value = raw.toLowerCase() as T
   if (choices.includes(value)) return value
   throw new ConfigError(`Invalid configuration: ${name} must be one of ${choices.join(', ')} (got "${raw.slice(0, 20)}")`)
+}
+
+/** Parse a whole-number variable within bounds; throws ConfigError naming it. */
+export function parseIntegerVariable (read: ReadVariable, name: string, fallback: number, min: number, max: number): number {
+  const raw = read(name)
+  if (raw === undefined) return fallback
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`Invalid configuration: ${name} must be a whole number from ${min} to ${max} (got "${raw.slice(0, 20)}")`)
+  }
+  return value
 }

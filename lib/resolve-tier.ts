@@ -1,4 +1,4 @@
-import { parseBooleanVariable, parseChoiceVariable } from './config'
+import { parseBooleanVariable, parseChoiceVariable, type ReadVariable } from './config'
 
 export type Tier = 'tcp' | 'rest' | 'memory'
 export type RedisTier = Exclude<Tier, 'memory'>
@@ -39,15 +39,15 @@ function envPrefix (feature: string): string {
  * connections plugin records the result in `fastify.features`.
  * Throws ConfigError when a flag holds an invalid value.
  */
-export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, env: Readonly<Record<string, string>>): Resolution {
+export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, read: ReadVariable): Resolution {
   const { feature } = req
   const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })
   const active = (tier: Tier, reason: string): Resolution => ({ feature, status: 'active', tier, reason, shared: tier !== 'memory' })
 
-  if (!parseBooleanVariable(env, req.flag, true)) return skipped(`disabled by ${req.flag}=${env[req.flag]}`)
+  if (!parseBooleanVariable(read, req.flag, true)) return skipped(`disabled by ${req.flag}=${read(req.flag) ?? ''}`)
 
   const tierVariable = `${envPrefix(feature)}_TIER`
-  const forced = parseChoiceVariable(env, tierVariable, TIERS)
+  const forced = parseChoiceVariable(read, tierVariable, TIERS)
   if (forced === 'memory') {
     return req.fallback === 'memory'
       ? active('memory', `forced by ${tierVariable}=memory; state is per instance and lost on restart`)

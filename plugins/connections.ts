@@ -40,7 +40,7 @@ export interface TierState {
 export interface HealthReport {
   status: 'ok' | 'degraded' | 'down'
   tiers: Record<RedisTier, TierState>
-  features: Record<string, Resolution>
+  features: Record<string, Resolution & Record<string, unknown>>
 }
 
 export interface Connections {
@@ -56,6 +56,8 @@ export interface Connections {
   bus: (tier: Tier) => Bus
   /** Resolve a feature's requirement and record it in `fastify.features`. */
   resolve: (requirement: FeatureRequirement) => Resolution
+  /** Add a feature's own figures (counters, sizes) to its entry in /health. */
+  describe: (feature: string, details: () => Record<string, unknown>) => void
   /** PING the tiers in use now, each with the command deadline. */
   health: () => Promise<HealthReport>
   /** Make any error safe to log or return. */
@@ -185,6 +187,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   }
 
   const features: Features = {}
+  const details = new Map<string, () => Record<string, unknown>>()
   const availability = { tcp: { configured: tiers.tcp.configured, reachable: tcp !== null, diagnosis: tiers.tcp.lastError ?? undefined }, rest: { configured: tiers.rest.configured, reachable: rest !== null, diagnosis: tiers.rest.lastError ?? undefined } }
 
   async function health (): Promise<HealthReport> {
@@ -209,7 +212,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     const down = inUse.filter((t) => !tiers[t].reachable)
     const bootFailures = (['tcp', 'rest'] as const).filter((t) => tiers[t].configured && !inUse.includes(t))
     const status = down.length > 0 ? 'down' : bootFailures.length > 0 ? 'degraded' : 'ok'
-    return { status, tiers: structuredClone(tiers), features: { ...features } }
+    const reported = Object.fromEntries(Object.entries(features).map(([name, resolution]) => [name, { ...resolution, ...details.get(name)?.() }]))
+    return { status, tiers: structuredClone(tiers), features: reported }
   }
 
   fastify.decorate('features', features)
@@ -221,10 +225,11 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     variable: (name: string) => env[name],
     bus,
     resolve (requirement: FeatureRequirement): Resolution {
-      const resolution = resolveTier(requirement, availability, env)
+      const resolution = resolveTier(requirement, availability, (name) => env[name])
       features[requirement.feature] = resolution
       return resolution
     },
+    describe (feature: string, fn: () => Record<string, unknown>) { details.set(feature, fn) },
     health,
     redact
   } satisfies Connections)

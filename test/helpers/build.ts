@@ -8,8 +8,8 @@ export interface LogLine { level: number, msg: string, [key: string]: unknown }
 
 export interface Built {
   app: FastifyInstance
-  /** Every log line the app wrote, parsed. */
-  logs: LogLine[]
+  /** Every log line the app wrote so far, parsed. */
+  logs: () => LogLine[]
   /** All log output as text, for "no secret in here" assertions. */
   logText: () => string
 }
@@ -35,7 +35,7 @@ export async function build (t: Teardown, env: EnvInput = {}, opts: BuildOptions
   await fastify.ready()
   return {
     app: fastify,
-    get logs () { return raw.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as LogLine) },
+    logs: () => raw.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as LogLine),
     logText: () => raw.join('')
   }
 }

@@ -1,0 +1,299 @@
+import { LRUCache } from 'lru-cache'
+import type { CacheStore, Envelope, InvalidationMessage } from './cache-store'
+import { parseDuration } from './duration'
+import { FeatureUnavailableError } from './errors'
+import type { Tier } from './resolve-tier'
+
+// The cache client, the same on every tier: a bounded in-process L1 in front
+// of an optional Redis store (tcp or rest; none on the memory tier, where L1
+// is the store). Values are kept as JSON text on every tier, so what comes
+// back is what JSON gives back, wherever it was cached.
+
+export interface CacheSetOptions {
+  /** Seconds, or a duration string such as '500ms', '30s', '5m'. Default: CACHE_DEFAULT_TTL. */
+  ttl?: number | string
+  tags?: readonly string[]
+}
+
+export interface GetOrSetOptions extends CacheSetOptions {
+  /** Keep the value this much longer than `ttl`, and serve it when the loader fails. */
+  staleIfErrorTtl?: number | string
+}
+
+export interface CacheStats {
+  hits: number
+  l1Hits: number
+  l2Hits: number
+  misses: number
+  loaderRuns: number
+  staleServed: number
+  redisErrors: number
+  redisCommands: number
+  l1Entries: number
+  l1Bytes: number
+}
+
+export interface Cache {
+  readonly available: boolean
+  readonly tier: Tier | null
+  readonly reason: string
+  get: <T = unknown>(key: string) => Promise<T | undefined>
+  set: (key: string, value: unknown, opts?: CacheSetOptions) => Promise<void>
+  del: (key: string) => Promise<void>
+  has: (key: string) => Promise<boolean>
+  getOrSet: <T>(key: string, loader: () => T | Promise<T>, opts?: GetOrSetOptions) => Promise<T>
+  invalidateTags: (tags: readonly string[]) => Promise<void>
+  /** Removes every key of this cache's namespace, and nothing else. */
+  clear: () => Promise<void>
+  stats: () => CacheStats
+}
+
+export interface CacheClientOptions {
+  tier: Tier
+  reason: string
+  instanceId: string
+  defaultTtlMs: number
+  l1MaxEntries: number
+  l1MaxBytes: number
+  /** How long a redis-tier value may live in L1: bounds staleness if an invalidation message is lost. */
+  l1MaxTtlMs: number
+  store: CacheStore | null
+  /** Commands sent by the store, for stats. */
+  commandsSent: () => number
+  /** A Redis call failed (already counted); log it at a bounded rate. */
+  onStoreError: (err: Error, operation: string) => void
+}
+
+export const MAX_KEY_LENGTH = 512
+export const MAX_TAG_LENGTH = 128
+
+function validateName (value: unknown, what: 'key' | 'tag'): string {
+  const max = what === 'key' ? MAX_KEY_LENGTH : MAX_TAG_LENGTH
+  if (typeof value !== 'string' || value.length === 0 || value.length > max) {
+    throw new TypeError(`cache ${what} must be a non-empty string of at most ${max} characters (got ${typeof value === 'string' ? `${value.length} characters` : typeof value})`)
+  }
+  return value
+}
+
+function validateTags (tags: unknown): readonly string[] {
+  if (tags === undefined) return []
+  if (!Array.isArray(tags)) throw new TypeError('cache tags must be an array of strings')
+  return tags.map((tag) => validateName(tag, 'tag'))
+}
+
+interface L1Entry { json: string, tags: readonly string[] }
+
+const FAILED = Symbol('failed')
+
+export function createCache (opts: CacheClientOptions): Cache & { applyInvalidation: (message: unknown) => void } {
+  const { store } = opts
+  const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0 }
+  const tagIndex = new Map<string, Set<string>>()
+  const inflight = new Map<string, Promise<unknown>>()
+  // On the memory tier L1 is the store and cannot be turned off.
+  const l1Entries = store === null ? Math.max(1, opts.l1MaxEntries) : opts.l1MaxEntries
+  const l1 = l1Entries > 0
+    ? new LRUCache<string, L1Entry>({
+      max: l1Entries,
+      maxSize: opts.l1MaxBytes,
+      sizeCalculation: (entry, key) => Math.max(1, entry.json.length * 2 + key.length * 2),
+      dispose: (entry, key) => untag(key, entry.tags)
+    })
+    : null
+
+  function untag (key: string, tags: readonly string[]): void {
+    for (const tag of tags) {
+      const keys = tagIndex.get(tag)
+      keys?.delete(key)
+      if (keys?.size === 0) tagIndex.delete(tag)
+    }
+  }
+
+  function remember (key: string, json: string, tags: readonly string[], ttlMs: number): void {
+    if (l1 === null || ttlMs < 1) return
+    l1.set(key, { json, tags }, { ttl: ttlMs })
+    for (const tag of tags) {
+      let keys = tagIndex.get(tag)
+      if (keys === undefined) tagIndex.set(tag, keys = new Set())
+      keys.add(key)
+    }
+  }
+
+  /** A Redis call that fails open: an error or timeout is counted, logged at a bounded rate, and returned as FAILED. */
+  async function attempt<T> (operation: string, call: () => Promise<T>): Promise<T | typeof FAILED> {
+    try {
+      return await call()
+    } catch (err) {
+      counters.redisErrors++
+      opts.onStoreError(err as Error, operation)
+      return FAILED
+    }
+  }
+
+  /** Invalidations must not fail silently (a stale value would be served): they reject with a 503-able error. */
+  async function confirm<T> (operation: string, call: () => Promise<T>): Promise<T> {
+    const result = await attempt(operation, call)
+    if (result === FAILED) throw new FeatureUnavailableError('cache', `Redis did not confirm the ${operation}; try again`)
+    return result
+  }
+
+  /** The envelope for a key, fresh or stale, from L1 then Redis; undefined on a miss or a Redis failure. */
+  async function lookup (key: string): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
+    const local = l1?.get(key)
+    if (local !== undefined) {
+      const envelope = JSON.parse(local.json) as Envelope
+      if (envelope.e > Date.now()) {
+        counters.l1Hits++
+        return { envelope, fresh: true }
+      }
+      if (store === null) return { envelope, fresh: false }
+    }
+    if (store === null) return undefined
+    const raw = await attempt('read', async () => await store.get(key))
+    if (raw === FAILED || raw === undefined) return undefined
+    const envelope = JSON.parse(raw) as Envelope
+    const freshFor = envelope.e - Date.now()
+    if (freshFor <= 0) return { envelope, fresh: false }
+    counters.l2Hits++
+    remember(key, raw, [], Math.min(freshFor, opts.l1MaxTtlMs))
+    return { envelope, fresh: true }
+  }
+
+  async function write (key: string, value: unknown, options: GetOrSetOptions): Promise<string> {
+    if (value === undefined) throw new TypeError('undefined cannot be cached (it is what a miss returns); cache null instead')
+    const tags = validateTags(options.tags)
+    const ttlMs = options.ttl === undefined ? opts.defaultTtlMs : parseDuration(options.ttl, 'ttl')
+    const keepMs = ttlMs + (options.staleIfErrorTtl === undefined ? 0 : parseDuration(options.staleIfErrorTtl, 'staleIfErrorTtl'))
+    const valueJson = JSON.stringify(value) as string | undefined
+    if (valueJson === undefined) throw new TypeError(`a ${typeof value} cannot be cached: values must be JSON`)
+    const json = `{"v":${valueJson},"e":${Date.now() + ttlMs}}`
+    l1?.delete(key) // drops old tags
+    remember(key, json, tags, store === null ? keepMs : Math.min(ttlMs, opts.l1MaxTtlMs))
+    if (store !== null) await attempt('write', async () => await store.set(key, json, keepMs, tags))
+    return valueJson
+  }
+
+  return {
+    available: true,
+    tier: opts.tier,
+    reason: opts.reason,
+
+    async get<T> (key: string) {
+      validateName(key, 'key')
+      const found = await lookup(key)
+      if (found?.fresh === true) return found.envelope.v as T
+      counters.misses++
+      return undefined
+    },
+
+    async has (key) {
+      validateName(key, 'key')
+      const fresh = (await lookup(key))?.fresh === true
+      if (!fresh) counters.misses++
+      return fresh
+    },
+
+    async set (key, value, options = {}) {
+      validateName(key, 'key')
+      await write(key, value, options)
+    },
+
+    async getOrSet<T> (key: string, loader: () => T | Promise<T>, options: GetOrSetOptions = {}): Promise<T> {
+      validateName(key, 'key')
+      const local = l1?.get(key)
+      if (local !== undefined) {
+        const envelope = JSON.parse(local.json) as Envelope
+        if (envelope.e > Date.now()) {
+          counters.l1Hits++
+          return envelope.v as T
+        }
+      }
+      const pending = inflight.get(key)
+      if (pending !== undefined) return await (pending as Promise<T>)
+      const run = (async (): Promise<T> => {
+        const found = await lookup(key)
+        if (found?.fresh === true) return found.envelope.v as T
+        counters.misses++
+        counters.loaderRuns++
+        let value: T
+        try {
+          value = await loader()
+        } catch (err) {
+          if (found !== undefined && options.staleIfErrorTtl !== undefined) {
+            counters.staleServed++
+            return found.envelope.v as T
+          }
+          throw err
+        }
+        return JSON.parse(await write(key, value, options)) as T
+      })()
+      inflight.set(key, run)
+      try {
+        return await run
+      } finally {
+        inflight.delete(key)
+      }
+    },
+
+    async del (key) {
+      validateName(key, 'key')
+      l1?.delete(key)
+      if (store !== null) await confirm('delete', async () => await store.del([key]))
+    },
+
+    async invalidateTags (tags) {
+      const valid = validateTags(tags)
+      for (const tag of valid) {
+        for (const key of [...(tagIndex.get(tag) ?? [])]) l1?.delete(key)
+      }
+      if (store !== null) {
+        const removed = await confirm('tag invalidation', async () => await store.invalidateTags(valid))
+        for (const key of removed) l1?.delete(key)
+      }
+    },
+
+    async clear () {
+      l1?.clear()
+      tagIndex.clear()
+      if (store !== null) await confirm('clear', async () => await store.clear())
+    },
+
+    stats () {
+      return {
+        ...counters,
+        hits: counters.l1Hits + counters.l2Hits,
+        redisCommands: opts.commandsSent(),
+        l1Entries: l1?.size ?? 0,
+        l1Bytes: l1?.calculatedSize ?? 0
+      }
+    },
+
+    applyInvalidation (message) {
+      const m = message as Partial<InvalidationMessage> | null
+      if (m === null || typeof m !== 'object' || m.from === opts.instanceId) return
+      if (m.clear === true) {
+        l1?.clear()
+        tagIndex.clear()
+      }
+      if (Array.isArray(m.keys)) for (const key of m.keys) l1?.delete(String(key))
+    }
+  }
+}
+
+/** What a skipped cache is: present, typed, and every call rejects with the reason (503). */
+export function unavailableCache (reason: string): Cache {
+  const reject = async (): Promise<never> => { throw new FeatureUnavailableError('cache', reason) }
+  return {
+    available: false,
+    tier: null,
+    reason,
+    get: reject,
+    set: reject,
+    del: reject,
+    has: reject,
+    getOrSet: reject,
+    invalidateTags: reject,
+    clear: reject,
+    stats: () => ({ hits: 0, l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, redisCommands: 0, l1Entries: 0, l1Bytes: 0 })
+  }
+}

@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import type { Redis as UpstashRedis } from '@upstash/redis'
+
+// The few Redis commands the feature stores need, behind one interface so a
+// store is written once for tcp and rest. Every call has a deadline and is
+// counted (on Upstash REST each command is billed).
+
+export interface RedisCommands {
+  readonly tier: 'tcp' | 'rest'
+  get: (key: string) => Promise<string | null>
+  /** Run a Lua script; tcp uses EVALSHA with an EVAL fallback, rest always EVAL (one round trip). */
+  eval: (script: string, keys: string[], args: Array<string | number>) => Promise<unknown>
+  scan: (cursor: string, match: string, count: number) => Promise<[string, string[]]>
+  del: (keys: string[]) => Promise<number>
+  publish: (channel: string, message: string) => Promise<number>
+  /** Commands sent so far (round trips). */
+  readonly sent: () => number
+}
+
+export class CommandTimeoutError extends Error {
+  code = 'ETIMEDOUT'
+  constructor (ms: number) {
+    super(`Redis did not answer within ${ms} ms`)
+  }
+}
+
+export async function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new CommandTimeoutError(ms)), ms) })
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+function sha1 (text: string): string {
+  return createHash('sha1').update(text).digest('hex')
+}
+
+export function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
+  let sent = 0
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    sent++
+    return await withTimeout(fn(), timeoutMs)
+  }
+  const shas = new Map<string, string>()
+  return {
+    tier: 'tcp',
+    get: async (key) => await run(async () => await client.get(key)),
+    async eval (script, keys, args) {
+      let sha = shas.get(script)
+      if (sha === undefined) {
+        sha = sha1(script)
+        shas.set(script, sha)
+      }
+      try {
+        return await run(async () => await client.evalsha(sha, keys.length, ...keys, ...args))
+      } catch (err) {
+        if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
+        return await run(async () => await client.eval(script, keys.length, ...keys, ...args))
+      }
+    },
+    scan: async (cursor, match, count) => await run(async () => await client.scan(cursor, 'MATCH', match, 'COUNT', count)),
+    del: async (keys) => await run(async () => await client.del(...keys)),
+    publish: async (channel, message) => await run(async () => await client.publish(channel, message)),
+    sent: () => sent
+  }
+}
+
+export function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
+  let sent = 0
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    sent++
+    return await withTimeout(fn(), timeoutMs)
+  }
+  return {
+    tier: 'rest',
+    get: async (key) => await run(async () => await client.get<string>(key)),
+    eval: async (script, keys, args) => await run(async () => await client.eval(script, keys, args.map(String))),
+    async scan (cursor, match, count) {
+      const [next, keys] = await run(async () => await client.scan(cursor, { match, count }))
+      return [String(next), keys]
+    },
+    del: async (keys) => await run(async () => await client.del(...keys)),
+    publish: async (channel, message) => await run(async () => await client.publish(channel, message)),
+    sent: () => sent
+  }
+}

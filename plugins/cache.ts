@@ -1,0 +1,169 @@
+import { randomUUID, createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { createCache, unavailableCache, type Cache } from '../lib/cache'
+import { redisCacheStore } from '../lib/cache-store'
+import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
+import { parseDuration } from '../lib/duration'
+import { parseIntegerVariable } from '../lib/config'
+import { ConfigError } from '../lib/errors'
+import { assertDecoratorFree } from '../lib/decorators'
+import { rateLimitedWarn } from '../lib/rate-limited-log'
+import type { FeatureRequirement } from '../lib/resolve-tier'
+
+export const cacheRequirement: FeatureRequirement = { feature: 'cache', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'CACHE_ENABLED' }
+
+export interface CachePluginOptions {
+  /** Decorator name (default `cache`; @fastify/caching also uses `cache`). */
+  decorator?: string
+  /** Key namespace; overrides CACHE_PREFIX (default: the name in package.json). */
+  prefix?: string
+}
+
+/** `config: { cache: { ttl: 30 } }` on a GET route caches its 200 responses. */
+export interface RouteCacheConfig {
+  ttl?: number | string
+  /** Cache key for a request (default: the URL with its query string). */
+  key?: (request: FastifyRequest) => string
+  tags?: readonly string[] | ((request: FastifyRequest) => readonly string[])
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    cache: Cache
+  }
+  interface FastifyContextConfig {
+    cache?: RouteCacheConfig
+  }
+}
+
+interface StoredResponse { body: string, base64?: boolean, type?: string }
+
+function defaultPrefix (): string {
+  try {
+    const { name } = JSON.parse(readFileSync(path.join(process.cwd(), 'package.json'), 'utf8')) as { name?: unknown }
+    if (typeof name === 'string' && name !== '') return name.replace(/[^A-Za-z0-9:_.-]+/g, '-')
+  } catch { /* no package.json: use the generic name */ }
+  return 'app'
+}
+
+function durationVariable (env: (name: string) => string | undefined, name: string, fallback: string): number {
+  try {
+    return parseDuration(env(name) ?? fallback, name)
+  } catch (err) {
+    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
+  }
+}
+
+function toArray<T> (value: T | T[] | undefined): T[] {
+  return value === undefined ? [] : Array.isArray(value) ? value : [value]
+}
+
+async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions): Promise<void> {
+  const decorator = opts.decorator ?? 'cache'
+  assertDecoratorFree(fastify, decorator, '@fastify/caching', 'pass the `decorator` option to the cache plugin to use another name')
+  const { connections } = fastify
+  const variable = connections.variable
+  const prefix = opts.prefix ?? variable('CACHE_PREFIX') ?? defaultPrefix()
+  if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(prefix)) {
+    throw new ConfigError(`Invalid configuration: CACHE_PREFIX must be 1-64 letters, digits or : _ . - (got "${prefix.slice(0, 70)}")`)
+  }
+  const settings = {
+    defaultTtlMs: durationVariable(variable, 'CACHE_DEFAULT_TTL', '60s'),
+    l1MaxTtlMs: durationVariable(variable, 'CACHE_L1_TTL', '10s'),
+    timeoutMs: parseIntegerVariable(variable, 'CACHE_TIMEOUT_MS', 250, 1, 60000),
+    l1MaxEntries: parseIntegerVariable(variable, 'CACHE_L1_MAX_ENTRIES', 10000, 0, 10_000_000),
+    l1MaxBytes: parseIntegerVariable(variable, 'CACHE_L1_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40)
+  }
+
+  const resolution = connections.resolve(cacheRequirement)
+  const log = fastify.log.child({ plugin: 'cache' })
+  const warn = rateLimitedWarn(log)
+  let cache: Cache
+  let stopListening: (() => Promise<void>) | undefined
+
+  if (resolution.status === 'skipped') {
+    cache = unavailableCache(resolution.reason)
+  } else {
+    const { tier } = resolution
+    const instanceId = randomUUID()
+    const channel = `${prefix}:cache:invalidate`
+    let commands: RedisCommands | null = null
+    if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, settings.timeoutMs)
+    if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, settings.timeoutMs)
+    const client = createCache({
+      tier,
+      reason: resolution.reason,
+      instanceId,
+      defaultTtlMs: settings.defaultTtlMs,
+      l1MaxEntries: settings.l1MaxEntries,
+      l1MaxBytes: settings.l1MaxBytes,
+      l1MaxTtlMs: settings.l1MaxTtlMs,
+      store: commands === null ? null : redisCacheStore(commands, prefix, channel, instanceId),
+      commandsSent: () => commands?.sent() ?? 0,
+      onStoreError: (err, operation) => warn(`cache-${operation}`, `cache ${operation} failed on ${tier}, served without Redis: ${connections.redact(err).message}`, { tier })
+    })
+    if (tier !== 'memory') {
+      // Other instances' writes drop our L1 copies; a lost message is bounded by CACHE_L1_TTL.
+      stopListening = await connections.bus(tier).subscribe(channel, (message) => client.applyInvalidation(message))
+    }
+    cache = client
+  }
+
+  connections.describe('cache', () => ({ stats: cache.stats() }))
+  fastify.decorate(decorator, cache)
+  fastify.addHook('onClose', async () => { await stopListening?.() })
+
+  // Route response caching: GET/HEAD routes opt in with `config.cache`.
+  const pending = new WeakMap<FastifyRequest, { key: string, config: RouteCacheConfig }>()
+
+  async function read (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const config = request.routeOptions.config.cache
+    if (config === undefined || !cache.available) return
+    let key = `route:GET:${config.key !== undefined ? config.key(request) : request.url}`
+    if (key.length > 400) key = `route:GET:sha1:${createHash('sha1').update(key).digest('hex')}`
+    const bypass = /no-cache|no-store/i.test(String(request.headers['cache-control'] ?? ''))
+    if (!bypass) {
+      const hit = await cache.get<StoredResponse>(key)
+      if (hit !== undefined) {
+        reply.header('x-cache', 'HIT')
+        if (hit.type !== undefined) reply.type(hit.type)
+        await reply.send(hit.base64 === true ? Buffer.from(hit.body, 'base64') : hit.body)
+        return
+      }
+    }
+    reply.header('x-cache', 'MISS')
+    pending.set(request, { key, config })
+  }
+
+  async function store (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+    const entry = pending.get(request)
+    if (entry === undefined) return payload
+    pending.delete(request)
+    if (reply.statusCode !== 200 || (typeof payload !== 'string' && !Buffer.isBuffer(payload))) return payload
+    const stored: StoredResponse = Buffer.isBuffer(payload) ? { body: payload.toString('base64'), base64: true } : { body: payload }
+    const type = reply.getHeader('content-type')
+    if (typeof type === 'string') stored.type = type
+    const tags = typeof entry.config.tags === 'function' ? entry.config.tags(request) : entry.config.tags
+    try {
+      await cache.set(entry.key, stored, { ttl: entry.config.ttl, tags })
+    } catch (err) {
+      request.log.warn({ err: connections.redact(err) }, 'route response not cached')
+    }
+    return payload
+  }
+
+  fastify.addHook('onRoute', (route) => {
+    const config = route.config?.cache
+    if (config === undefined) return
+    const methods = toArray(route.method)
+    if (!methods.every((m) => m === 'GET' || m === 'HEAD')) throw new Error(`config.cache on ${methods.join(',')} ${route.url}: only GET and HEAD responses can be cached`)
+    if (config.ttl !== undefined) parseDuration(config.ttl, `config.cache.ttl of ${route.url}`)
+    route.preHandler = [...toArray(route.preHandler), read]
+    route.onSend = [...toArray(route.onSend), store]
+  })
+}
+
+export default fp(cachePlugin, { name: 'cache', fastify: '5.x', dependencies: ['connections'] })
