@@ -22,8 +22,8 @@ export interface InvalidationMessage {
 }
 
 export interface CacheStore {
-  /** The envelope as stored (JSON text), or undefined on a miss. */
-  get: (key: string) => Promise<string | undefined>
+  /** The envelope as stored (JSON text), or null on a miss. */
+  get: (key: string) => Promise<string | null>
   set: (key: string, envelopeJson: string, keepMs: number, tags: readonly string[]) => Promise<void>
   del: (keys: readonly string[]) => Promise<void>
   /** Deletes every key carrying one of the tags; resolves with those keys. */
@@ -69,9 +69,7 @@ export function redisCacheStore (commands: RedisCommands, prefix: string, channe
   const message = (m: Omit<InvalidationMessage, 'from'>): string => JSON.stringify({ from: instanceId, ...m })
 
   return {
-    async get (key) {
-      return (await commands.get(valueKey(key))) ?? undefined
-    },
+    get: (key) => commands.get(valueKey(key)),
     async set (key, envelopeJson, keepMs, tags) {
       await commands.eval(SET_SCRIPT, [valueKey(key), ...tags.map(tagKey)], [envelopeJson, keepMs, channel, message({ keys: [key] })])
     },

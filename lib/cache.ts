@@ -81,11 +81,24 @@ function validateTags (tags: unknown): readonly string[] {
   return tags.map((tag) => validateName(tag, 'tag'))
 }
 
-interface L1Entry { json: string, tags: readonly string[] }
+interface L1Entry {
+  json: string
+  tags: readonly string[]
+  /** Parsed once for internal readers that never hand the value to user code (route caching). */
+  shared?: Envelope
+}
 
-const FAILED = Symbol('failed')
+const FAILED: unique symbol = Symbol('failed')
 
-export function createCache (opts: CacheClientOptions): Cache & { applyInvalidation: (message: unknown) => void } {
+export interface CacheClient extends Cache {
+  applyInvalidation: (message: unknown) => void
+  /** get() without a private copy: the value is shared between callers and must not be mutated. */
+  getShared: <T = unknown>(key: string) => Promise<T | undefined>
+  /** L1 only and synchronous, shared like getShared; undefined when L1 has no fresh value (no miss is counted). */
+  peekShared: <T = unknown>(key: string) => T | undefined
+}
+
+export function createCache (opts: CacheClientOptions): CacheClient {
   const { store } = opts
   const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0 }
   const tagIndex = new Map<string, Set<string>>()
@@ -119,14 +132,18 @@ export function createCache (opts: CacheClientOptions): Cache & { applyInvalidat
     }
   }
 
+  function failed (err: Error, operation: string): typeof FAILED {
+    counters.redisErrors++
+    opts.onStoreError(err, operation)
+    return FAILED
+  }
+
   /** A Redis call that fails open: an error or timeout is counted, logged at a bounded rate, and returned as FAILED. */
   async function attempt<T> (operation: string, call: () => Promise<T>): Promise<T | typeof FAILED> {
     try {
       return await call()
     } catch (err) {
-      counters.redisErrors++
-      opts.onStoreError(err as Error, operation)
-      return FAILED
+      return failed(err as Error, operation)
     }
   }
 
@@ -137,11 +154,15 @@ export function createCache (opts: CacheClientOptions): Cache & { applyInvalidat
     return result
   }
 
-  /** The envelope for a key, fresh or stale, from L1 then Redis; undefined on a miss or a Redis failure. */
-  async function lookup (key: string): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
+  /**
+   * The envelope for a key, fresh or stale, from L1 then Redis; undefined on a
+   * miss or a Redis failure. `shared` returns one parsed copy per L1 entry
+   * instead of a fresh one per call: only for callers that never mutate it.
+   */
+  async function lookup (key: string, shared = false): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
     const local = l1?.get(key)
     if (local !== undefined) {
-      const envelope = JSON.parse(local.json) as Envelope
+      const envelope = shared ? (local.shared ??= JSON.parse(local.json) as Envelope) : JSON.parse(local.json) as Envelope
       if (envelope.e > Date.now()) {
         counters.l1Hits++
         return { envelope, fresh: true }
@@ -149,8 +170,8 @@ export function createCache (opts: CacheClientOptions): Cache & { applyInvalidat
       if (store === null) return { envelope, fresh: false }
     }
     if (store === null) return undefined
-    const raw = await attempt('read', async () => await store.get(key))
-    if (raw === FAILED || raw === undefined) return undefined
+    const raw: string | null | typeof FAILED = await store.get(key).catch((err: Error) => failed(err, 'read'))
+    if (raw === FAILED || raw === null || raw === undefined) return undefined
     const envelope = JSON.parse(raw) as Envelope
     const freshFor = envelope.e - Date.now()
     if (freshFor <= 0) return { envelope, fresh: false }
@@ -184,6 +205,22 @@ export function createCache (opts: CacheClientOptions): Cache & { applyInvalidat
       if (found?.fresh === true) return found.envelope.v as T
       counters.misses++
       return undefined
+    },
+
+    async getShared<T> (key: string) {
+      const found = await lookup(key, true)
+      if (found?.fresh === true) return found.envelope.v as T
+      counters.misses++
+      return undefined
+    },
+
+    peekShared<T> (key: string) {
+      const local = l1?.get(key)
+      if (local === undefined) return undefined
+      const envelope = (local.shared ??= JSON.parse(local.json) as Envelope)
+      if (envelope.e <= Date.now()) return undefined
+      counters.l1Hits++
+      return envelope.v as T
     },
 
     async has (key) {

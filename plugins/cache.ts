@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { createCache, unavailableCache, type Cache } from '../lib/cache'
+import { createCache, unavailableCache, type Cache, type CacheClient } from '../lib/cache'
 import { redisCacheStore } from '../lib/cache-store'
 import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseDuration } from '../lib/duration'
@@ -82,6 +82,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   const log = fastify.log.child({ plugin: 'cache' })
   const warn = rateLimitedWarn(log)
   let cache: Cache
+  let routeReader: Pick<CacheClient, 'peekShared' | 'getShared'> | undefined
   let stopListening: (() => Promise<void>) | undefined
 
   if (resolution.status === 'skipped') {
@@ -110,6 +111,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
       stopListening = await connections.bus(tier).subscribe(channel, (message) => client.applyInvalidation(message))
     }
     cache = client
+    routeReader = client
   }
 
   connections.describe('cache', () => ({ stats: cache.stats() }))
@@ -119,30 +121,42 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   // Route response caching: GET/HEAD routes opt in with `config.cache`.
   const pending = new WeakMap<FastifyRequest, { key: string, config: RouteCacheConfig }>()
 
-  async function read (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const config = request.routeOptions.config.cache
-    if (config === undefined || !cache.available) return
-    let key = `route:GET:${config.key !== undefined ? config.key(request) : request.url}`
-    if (key.length > 400) key = `route:GET:sha1:${createHash('sha1').update(key).digest('hex')}`
-    const bypass = /no-cache|no-store/i.test(String(request.headers['cache-control'] ?? ''))
-    if (!bypass) {
-      const hit = await cache.get<StoredResponse>(key)
-      if (hit !== undefined) {
-        reply.header('x-cache', 'HIT')
-        if (hit.type !== undefined) reply.type(hit.type)
-        await reply.send(hit.base64 === true ? Buffer.from(hit.body, 'base64') : hit.body)
-        return
-      }
-    }
-    reply.header('x-cache', 'MISS')
-    pending.set(request, { key, config })
+  function sendHit (reply: FastifyReply, hit: StoredResponse): void {
+    reply.header('x-cache', 'HIT')
+    if (hit.type !== undefined) reply.type(hit.type)
+    void reply.send(hit.base64 === true ? Buffer.from(hit.body, 'base64') : hit.body)
   }
 
-  async function store (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+  function miss (request: FastifyRequest, reply: FastifyReply, key: string, config: RouteCacheConfig, done: (err?: Error) => void): void {
+    reply.header('x-cache', 'MISS')
+    pending.set(request, { key, config })
+    done()
+  }
+
+  // onRequest, callback style and bound to its route's config (request.routeOptions
+  // builds an object per access): an L1 hit is answered synchronously, before
+  // parsing, validation and the handler, without a promise per request.
+  const reader = (config: RouteCacheConfig) => function read (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
+    const client = routeReader
+    if (client === undefined) return done()
+    let key = `route:GET:${config.key !== undefined ? config.key(request) : request.url}`
+    if (key.length > 400) key = `route:GET:sha1:${createHash('sha1').update(key).digest('hex')}`
+    const control = request.headers['cache-control']
+    if (control !== undefined && /no-cache|no-store/i.test(control)) return miss(request, reply, key, config, done)
+    const local = client.peekShared<StoredResponse>(key)
+    if (local !== undefined) return sendHit(reply, local)
+    client.getShared<StoredResponse>(key).then((hit) => hit !== undefined ? sendHit(reply, hit) : miss(request, reply, key, config, done), done)
+  }
+
+  function store (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, payload?: unknown) => void): void {
     const entry = pending.get(request)
-    if (entry === undefined) return payload
+    if (entry === undefined) return done(null, payload)
     pending.delete(request)
-    if (reply.statusCode !== 200 || (typeof payload !== 'string' && !Buffer.isBuffer(payload))) return payload
+    save(request, reply, payload, entry).then(() => done(null, payload), () => done(null, payload))
+  }
+
+  async function save (request: FastifyRequest, reply: FastifyReply, payload: unknown, entry: { key: string, config: RouteCacheConfig }): Promise<void> {
+    if (reply.statusCode !== 200 || (typeof payload !== 'string' && !Buffer.isBuffer(payload))) return
     const stored: StoredResponse = Buffer.isBuffer(payload) ? { body: payload.toString('base64'), base64: true } : { body: payload }
     const type = reply.getHeader('content-type')
     if (typeof type === 'string') stored.type = type
@@ -152,7 +166,6 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     } catch (err) {
       request.log.warn({ err: connections.redact(err) }, 'route response not cached')
     }
-    return payload
   }
 
   fastify.addHook('onRoute', (route) => {
@@ -161,7 +174,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     const methods = toArray(route.method)
     if (!methods.every((m) => m === 'GET' || m === 'HEAD')) throw new Error(`config.cache on ${methods.join(',')} ${route.url}: only GET and HEAD responses can be cached`)
     if (config.ttl !== undefined) parseDuration(config.ttl, `config.cache.ttl of ${route.url}`)
-    route.preHandler = [...toArray(route.preHandler), read]
+    route.onRequest = [...toArray(route.onRequest), reader(config)]
     route.onSend = [...toArray(route.onSend), store]
   })
 }

@@ -27,6 +27,8 @@ export interface RedisServer {
   resume: () => void
   /** Start it again on the same port. */
   restart: () => Promise<void>
+  /** The process id while it runs (benchmarks pin it to a core). */
+  pid: () => number | undefined
 }
 
 export function findRedisServer (): string {
@@ -112,6 +114,7 @@ export async function startRedisServer (t: Teardown, opts: RedisServerOptions = 
     async restart () {
       await stop()
       await start()
-    }
+    },
+    pid: () => child?.pid
   }
 }
