@@ -74,28 +74,34 @@ export async function startRedisServer (t: Teardown, opts: RedisServerOptions = 
     '--appendonly', opts.appendonly === true ? 'yes' : 'no', '--appendfsync', 'always'
   ]
   if (opts.password !== undefined) args.push('--requirepass', opts.password)
-  let child: ChildProcess | undefined
+  // redis-server runs under a small sh guard that kills it when our stdin pipe
+  // closes, so a test process that crashes or is killed leaves no Redis behind.
+  const guard = 'redis-server "$@" & pid=$!; echo "$pid"; read _; kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 0'
+  let child: { guard: ChildProcess, pid: number } | undefined
 
   async function start (): Promise<void> {
-    const proc = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    const proc = spawn('sh', ['-c', guard.replace('redis-server', binary), 'redis-guard', ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
     let stderr = ''
     proc.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    child = proc
+    const [first] = await once(proc.stdout as NodeJS.ReadableStream, 'data') as [Buffer]
+    const pid = Number.parseInt(first.toString(), 10)
+    child = { guard: proc, pid }
     try {
       await waitUntilAnswering(port, 5000)
     } catch (err) {
-      proc.kill('SIGKILL')
+      await stop()
       throw new Error(`${(err as Error).message}: ${stderr.trim()}`, { cause: err })
     }
   }
 
   async function stop (): Promise<void> {
-    const proc = child
+    const current = child
     child = undefined
-    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = once(proc, 'exit')
-    proc.kill('SIGKILL')
-    await exited
+    if (current === undefined || current.guard.exitCode !== null) return
+    const exited = once(current.guard, 'exit')
+    try { process.kill(current.pid, 'SIGKILL') } catch { /* already gone */ }
+    current.guard.stdin?.end()
+    await exited // the guard waits for redis-server to be reaped: the port is free again
   }
 
   await start()
@@ -109,8 +115,8 @@ export async function startRedisServer (t: Teardown, opts: RedisServerOptions = 
     port,
     url: `redis://${auth}127.0.0.1:${port}`,
     stop,
-    pause: () => { child?.kill('SIGSTOP') },
-    resume: () => { child?.kill('SIGCONT') },
+    pause: () => { if (child !== undefined) process.kill(child.pid, 'SIGSTOP') },
+    resume: () => { if (child !== undefined) process.kill(child.pid, 'SIGCONT') },
     async restart () {
       await stop()
       await start()
