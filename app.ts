@@ -3,8 +3,10 @@ import sensible from '@fastify/sensible'
 import type { FastifyInstance } from 'fastify'
 import connections, { type ConnectionsOptions } from './plugins/connections'
 import cache, { type CachePluginOptions } from './plugins/cache'
+import sse, { type SsePluginOptions } from './plugins/sse'
 import healthRoutes from './routes/health'
 import cacheDemoRoutes from './routes/cache'
+import eventRoutes from './routes/events'
 
 // The whole ecosystem as one Fastify plugin: mount it with
 // `fastify.register(app, { env: { REDIS_URL: ... } })`; options override env.
@@ -12,9 +14,10 @@ import cacheDemoRoutes from './routes/cache'
 export interface AppOptions extends ConnectionsOptions {
   /** Register the /health routes (default true). */
   healthRoutes?: boolean
-  /** Register the demo routes under /cache/demo (default true). */
+  /** Register the demo routes: /cache/demo, /events (default true). */
   demoRoutes?: boolean
   cache?: CachePluginOptions
+  sse?: SsePluginOptions
 }
 
 async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
@@ -23,10 +26,14 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   await fastify.register(connections, { env: opts.env, processEnv: opts.processEnv })
   // Feature plugins come before routes: route options such as `config.cache` are read as routes are added.
   await fastify.register(cache, opts.cache ?? {})
+  await fastify.register(sse, opts.sse ?? {})
   if (opts.healthRoutes !== false) await fastify.register(healthRoutes)
-  if (opts.demoRoutes !== false) await fastify.register(cacheDemoRoutes)
+  if (opts.demoRoutes !== false) {
+    await fastify.register(cacheDemoRoutes)
+    await fastify.register(eventRoutes)
+  }
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })
-export type { ConnectionsOptions, CachePluginOptions }
-export { connections, cache }
+export type { ConnectionsOptions, CachePluginOptions, SsePluginOptions }
+export { connections, cache, sse }

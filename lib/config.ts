@@ -1,5 +1,6 @@
 import envSchema from 'env-schema'
 import { ConfigError } from './errors'
+import { parseDuration } from './duration'
 
 /** Raw settings: environment variables, overridden by plugin options of the same names. */
 export type EnvInput = Record<string, string | number | boolean | undefined>
@@ -126,4 +127,13 @@ export function parseIntegerVariable (read: ReadVariable, name: string, fallback
     throw new ConfigError(`Invalid configuration: ${name} must be a whole number from ${min} to ${max} (got "${raw.slice(0, 20)}")`)
   }
   return value
+}
+
+/** Parse a duration variable ('500ms', '30s', seconds); throws ConfigError naming it. */
+export function parseDurationVariable (read: ReadVariable, name: string, fallback: string): number {
+  try {
+    return parseDuration(read(name) ?? fallback, name)
+  } catch (err) {
+    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
+  }
 }

@@ -1,15 +1,13 @@
 import { randomUUID, createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
-import path from 'node:path'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { createCache, unavailableCache, type Cache, type CacheClient } from '../lib/cache'
 import { redisCacheStore } from '../lib/cache-store'
 import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseDuration } from '../lib/duration'
-import { parseIntegerVariable } from '../lib/config'
-import { ConfigError } from '../lib/errors'
+import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { assertDecoratorFree } from '../lib/decorators'
+import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 
@@ -41,22 +39,6 @@ declare module 'fastify' {
 
 interface StoredResponse { body: string, base64?: boolean, type?: string }
 
-function defaultPrefix (): string {
-  try {
-    const { name } = JSON.parse(readFileSync(path.join(process.cwd(), 'package.json'), 'utf8')) as { name?: unknown }
-    if (typeof name === 'string' && name !== '') return name.replace(/[^A-Za-z0-9:_.-]+/g, '-')
-  } catch { /* no package.json: use the generic name */ }
-  return 'app'
-}
-
-function durationVariable (env: (name: string) => string | undefined, name: string, fallback: string): number {
-  try {
-    return parseDuration(env(name) ?? fallback, name)
-  } catch (err) {
-    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
-  }
-}
-
 function toArray<T> (value: T | T[] | undefined): T[] {
   return value === undefined ? [] : Array.isArray(value) ? value : [value]
 }
@@ -66,13 +48,10 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   assertDecoratorFree(fastify, decorator, '@fastify/caching', 'pass the `decorator` option to the cache plugin to use another name')
   const { connections } = fastify
   const variable = connections.variable
-  const prefix = opts.prefix ?? variable('CACHE_PREFIX') ?? defaultPrefix()
-  if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(prefix)) {
-    throw new ConfigError(`Invalid configuration: CACHE_PREFIX must be 1-64 letters, digits or : _ . - (got "${prefix.slice(0, 70)}")`)
-  }
+  const prefix = resolvePrefix(opts.prefix, 'CACHE_PREFIX', variable)
   const settings = {
-    defaultTtlMs: durationVariable(variable, 'CACHE_DEFAULT_TTL', '60s'),
-    l1MaxTtlMs: durationVariable(variable, 'CACHE_L1_TTL', '10s'),
+    defaultTtlMs: parseDurationVariable(variable, 'CACHE_DEFAULT_TTL', '60s'),
+    l1MaxTtlMs: parseDurationVariable(variable, 'CACHE_L1_TTL', '10s'),
     timeoutMs: parseIntegerVariable(variable, 'CACHE_TIMEOUT_MS', 250, 1, 60000),
     l1MaxEntries: parseIntegerVariable(variable, 'CACHE_L1_MAX_ENTRIES', 10000, 0, 10_000_000),
     l1MaxBytes: parseIntegerVariable(variable, 'CACHE_L1_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40)

@@ -1,0 +1,142 @@
+import { LRUCache } from 'lru-cache'
+import type { RedisCommands } from './redis-commands'
+
+// Where SSE events live for replay, one small store per kind of tier behind
+// one contract. Event ids are `<ms>-<seq>` on every tier (Redis Stream ids on
+// tcp/rest, the same shape in memory), so "everything after id X" is one
+// comparison across channels.
+
+export interface SseEvent {
+  channel: string
+  id: string
+  /** Event name ('' for the default `message`). */
+  event: string
+  /** The data as it goes on the wire (JSON text, or a string as given). */
+  data: string
+}
+
+export interface Replay {
+  events: SseEvent[]
+  /** The id asked for is older than the retained history: the client must resync. */
+  reset: boolean
+}
+
+export interface SseStore {
+  /** Appends to the channel's history and notifies every instance; resolves with the event id. */
+  publish: (channel: string, event: string, data: string) => Promise<string>
+  /** Events after `lastId` on these channels, oldest first. */
+  replay: (channels: readonly string[], lastId: string) => Promise<Replay>
+}
+
+const ID = /^(\d{1,16})-(\d{1,16})$/
+
+export function isEventId (id: string): boolean {
+  return ID.test(id)
+}
+
+/** Orders `<ms>-<seq>` ids; null (no id yet) sorts first. */
+export function compareIds (a: string | null, b: string | null): number {
+  if (a === b) return 0
+  if (a === null) return -1
+  if (b === null) return 1
+  const [am, as] = a.split('-').map(Number)
+  const [bm, bs] = b.split('-').map(Number)
+  return am !== bm ? am - bm : as - bs
+}
+
+function sortEvents (events: SseEvent[]): SseEvent[] {
+  return events.sort((x, y) => compareIds(x.id, y.id))
+}
+
+// One round trip: append (exact cap), refresh the TTL, notify. The notice
+// carries the event so that no instance has to read it back.
+const PUBLISH_SCRIPT = `
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], cjson.encode({ c = ARGV[6], i = id, e = ARGV[2], d = ARGV[3] }))
+return id`
+
+// One round trip for every channel: entries after the id, the oldest
+// retained id and the length (a full stream whose oldest id is newer than
+// the one asked for has dropped events the client missed).
+const REPLAY_SCRIPT = `
+local out = {}
+for i = 1, #KEYS do
+  local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
+  local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)
+  local oldest = ''
+  if first[1] then oldest = first[1][1] end
+  out[i] = { entries, oldest, redis.call('XLEN', KEYS[i]) }
+end
+return out`
+
+export interface HistoryOptions {
+  /** Events kept per channel. */
+  maxLength: number
+  /** How long a channel's history lives after its last event. */
+  ttlMs: number
+}
+
+export function redisSseStore (commands: RedisCommands, prefix: string, busChannel: string, history: HistoryOptions): SseStore {
+  const key = (channel: string): string => `${prefix}:sse:${channel}`
+  return {
+    async publish (channel, event, data) {
+      return String(await commands.eval(PUBLISH_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs, busChannel, channel]))
+    },
+    async replay (channels, lastId) {
+      const raw = await commands.eval(REPLAY_SCRIPT, channels.map(key), [lastId]) as Array<[Array<[string, string[]]>, string, number]>
+      const events: SseEvent[] = []
+      let reset = false
+      channels.forEach((channel, i) => {
+        const [entries, oldest, length] = raw[i]
+        if (oldest !== '' && compareIds(lastId, String(oldest)) < 0 && Number(length) >= history.maxLength) reset = true
+        for (const [id, fields] of entries) {
+          const f: Record<string, string> = {}
+          for (let j = 0; j + 1 < fields.length; j += 2) f[fields[j]] = fields[j + 1]
+          events.push({ channel, id: String(id), event: f.e ?? '', data: f.d ?? '' })
+        }
+      })
+      return { events: sortEvents(events), reset }
+    }
+  }
+}
+
+interface Ring { events: SseEvent[], trimmed: boolean }
+
+/** Memory tier: a ring buffer per channel; channels idle past the TTL are dropped (LRU-bounded). */
+export function memorySseStore (history: HistoryOptions, deliver: (event: SseEvent) => void): SseStore {
+  const rings = new LRUCache<string, Ring>({ max: 100_000, ttl: history.ttlMs })
+  let lastMs = 0
+  let seq = 0
+  function nextId (): string {
+    const now = Math.max(Date.now(), lastMs) // monotonic even if the clock steps back
+    seq = now === lastMs ? seq + 1 : 0
+    lastMs = now
+    return `${now}-${seq}`
+  }
+  return {
+    async publish (channel, event, data) {
+      const ring = rings.get(channel) ?? { events: [], trimmed: false }
+      const entry: SseEvent = { channel, id: nextId(), event, data }
+      ring.events.push(entry)
+      if (ring.events.length > history.maxLength) {
+        ring.events.splice(0, ring.events.length - history.maxLength)
+        ring.trimmed = true
+      }
+      rings.set(channel, ring) // refreshes the TTL
+      queueMicrotask(() => deliver(entry))
+      return entry.id
+    },
+    async replay (channels, lastId) {
+      const events: SseEvent[] = []
+      let reset = false
+      for (const channel of channels) {
+        const ring = rings.get(channel)
+        if (ring === undefined) continue
+        if (ring.trimmed && compareIds(lastId, ring.events[0].id) < 0) reset = true
+        for (const e of ring.events) if (compareIds(e.id, lastId) > 0) events.push(e)
+      }
+      return { events: sortEvents(events), reset }
+    }
+  }
+}

@@ -1,0 +1,308 @@
+import type { ServerResponse } from 'node:http'
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { redisSseStore, memorySseStore, compareIds, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
+import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
+import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
+import { FeatureUnavailableError } from '../lib/errors'
+import { assertDecoratorFree } from '../lib/decorators'
+import { resolvePrefix } from '../lib/prefix'
+import { rateLimitedWarn } from '../lib/rate-limited-log'
+import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { Unsubscribe } from '../lib/bus'
+
+export const sseRequirement: FeatureRequirement = { feature: 'sse', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'SSE_ENABLED' }
+
+export type Authorize = (request: FastifyRequest, channel: string) => boolean | Promise<boolean>
+
+export interface SsePluginOptions {
+  /** Decorator name (default `sse`). */
+  decorator?: string
+  /** Who may watch a channel (default: everyone). A stream's own `authorize` wins. */
+  authorize?: Authorize
+  /** Key namespace for histories and the fan-out channel; overrides SSE_PREFIX (default: the name in package.json). */
+  prefix?: string
+}
+
+export interface StreamOptions {
+  authorize?: Authorize
+}
+
+export interface SseStats {
+  clients: number
+  channels: number
+  published: number
+  delivered: number
+  replayed: number
+  slowClientsDropped: number
+  redisErrors: number
+}
+
+export interface Sse {
+  readonly available: boolean
+  readonly tier: Tier | null
+  readonly reason: string
+  /** Sends `data` to every client of `channel` on every instance; resolves with the event id. */
+  publish: (channel: string, data: unknown, opts?: { event?: string }) => Promise<string>
+  /** Turns the reply into an event stream of `channels` (replaying from Last-Event-ID). */
+  stream: (request: FastifyRequest, reply: FastifyReply, channels: readonly string[], opts?: StreamOptions) => Promise<void>
+  stats: () => SseStats
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sse: Sse
+  }
+}
+
+export const CHANNEL_PATTERN = /^[A-Za-z0-9:_.-]{1,128}$/
+const EVENT_PATTERN = /^[A-Za-z0-9:_.-]{1,64}$/
+const MAX_CHANNELS_PER_STREAM = 20
+
+interface Client {
+  res: ServerResponse
+  channels: readonly string[]
+  /** Last id written to this client: anything not newer is a duplicate. */
+  lastId: string | null
+  /** Live events that arrive while the history is being replayed. */
+  pending: SseEvent[] | null
+}
+
+/** One SSE frame: multi-line data becomes several `data:` lines. */
+export function frame (event: SseEvent): string {
+  const name = event.event !== '' ? `event: ${event.event}\n` : ''
+  return `id: ${event.id}\n${name}${event.data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join('\n')}\n\n`
+}
+
+function validChannel (channel: unknown): channel is string {
+  return typeof channel === 'string' && CHANNEL_PATTERN.test(channel)
+}
+
+async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Promise<void> {
+  const decorator = opts.decorator ?? 'sse'
+  assertDecoratorFree(fastify, decorator, 'another SSE plugin', 'pass the `decorator` option to the sse plugin to use another name')
+  const { connections } = fastify
+  const variable = connections.variable
+  const settings = {
+    heartbeatMs: parseIntegerVariable(variable, 'SSE_HEARTBEAT_MS', 15_000, 10, 3_600_000),
+    retryMs: parseIntegerVariable(variable, 'SSE_RETRY_MS', 3_000, 0, 3_600_000),
+    history: { maxLength: parseIntegerVariable(variable, 'SSE_HISTORY', 1000, 1, 1_000_000), ttlMs: parseDurationVariable(variable, 'SSE_HISTORY_TTL', '1h') },
+    maxClients: parseIntegerVariable(variable, 'SSE_MAX_CLIENTS', 10_000, 1, 10_000_000),
+    maxBufferBytes: parseIntegerVariable(variable, 'SSE_MAX_BUFFER_BYTES', 1024 * 1024, 1024, 2 ** 31),
+    timeoutMs: parseIntegerVariable(variable, 'SSE_TIMEOUT_MS', 1000, 1, 60_000)
+  }
+  const prefix = resolvePrefix(opts.prefix, 'SSE_PREFIX', variable)
+  const busChannel = `${prefix}:sse:events`
+  const resolution = connections.resolve(sseRequirement)
+  const log = fastify.log.child({ plugin: 'sse' })
+  const warn = rateLimitedWarn(log)
+
+  const counters = { published: 0, delivered: 0, replayed: 0, slowClientsDropped: 0, redisErrors: 0 }
+  const clients = new Set<Client>()
+  const byChannel = new Map<string, Set<Client>>()
+  let heartbeat: NodeJS.Timeout | undefined
+  let fanout: Promise<Unsubscribe> | null = null
+  /** Streams between "wants the fan-out" and "registered": the subscription must outlive them. */
+  let joining = 0
+  let closing = false
+
+  function write (client: Client, text: string): void {
+    if (client.res.destroyed) return
+    client.res.write(text)
+    // A client that does not read would make us buffer without bound: cut it off.
+    if (client.res.writableLength > settings.maxBufferBytes) {
+      counters.slowClientsDropped++
+      client.res.destroy()
+    }
+  }
+
+  function deliver (event: SseEvent): void {
+    for (const client of byChannel.get(event.channel) ?? []) {
+      if (client.pending !== null) {
+        client.pending.push(event)
+        continue
+      }
+      if (compareIds(event.id, client.lastId) <= 0) continue // already sent (replay overlap)
+      client.lastId = event.id
+      counters.delivered++
+      write(client, frame(event))
+    }
+  }
+
+  let store: SseStore | null = null
+  let commands: RedisCommands | null = null
+  const tier = resolution.status === 'active' ? resolution.tier : null
+  if (tier === 'memory') store = memorySseStore(settings.history, deliver)
+  if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, settings.timeoutMs)
+  if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, settings.timeoutMs)
+  if (commands !== null) store = redisSseStore(commands, prefix, busChannel, settings.history)
+
+  function onFanout (message: unknown): void {
+    const m = message as { c?: unknown, i?: unknown, e?: unknown, d?: unknown } | null
+    if (m === null || typeof m !== 'object' || typeof m.c !== 'string' || typeof m.i !== 'string') return
+    deliver({ channel: m.c, id: m.i, event: typeof m.e === 'string' ? m.e : '', data: typeof m.d === 'string' ? m.d : '' })
+  }
+
+  /** The one fan-out subscription per instance, held while any client is connected. */
+  async function ensureFanout (): Promise<void> {
+    if (tier === null || tier === 'memory') return
+    fanout ??= connections.bus(tier).subscribe(busChannel, onFanout)
+    await fanout
+  }
+
+  function startHeartbeat (): void {
+    if (heartbeat !== undefined) return
+    heartbeat = setInterval(() => {
+      for (const client of clients) if (client.pending === null) write(client, ': ping\n\n')
+    }, settings.heartbeatMs)
+  }
+
+  function remove (client: Client): void {
+    if (!clients.delete(client)) return
+    for (const channel of client.channels) {
+      const set = byChannel.get(channel)
+      set?.delete(client)
+      if (set?.size === 0) byChannel.delete(channel)
+    }
+    releaseWhenIdle()
+  }
+
+  function releaseWhenIdle (): void {
+    if (clients.size > 0 || joining > 0) return
+    clearInterval(heartbeat)
+    heartbeat = undefined
+    const current = fanout
+    fanout = null
+    if (current !== null) void current.then(async (unsubscribe) => await unsubscribe())
+  }
+
+  function unavailable (why: string): never {
+    throw new FeatureUnavailableError('sse', why)
+  }
+
+  const sse: Sse = {
+    available: resolution.status === 'active',
+    tier,
+    reason: resolution.reason,
+
+    async publish (channel, data, options = {}) {
+      if (store === null) unavailable(resolution.reason)
+      if (!validChannel(channel)) throw fastify.httpErrors.badRequest(`invalid channel name: 1-128 letters, digits or : _ . -`)
+      const event = options.event ?? ''
+      if (event !== '' && !EVENT_PATTERN.test(event)) throw fastify.httpErrors.badRequest('invalid event name: 1-64 letters, digits or : _ . -')
+      if (data === undefined) throw fastify.httpErrors.badRequest('event data is required')
+      const text = typeof data === 'string' ? data : JSON.stringify(data)
+      try {
+        const id = await store.publish(channel, event, text)
+        counters.published++
+        return id
+      } catch (err) {
+        counters.redisErrors++
+        warn('sse-publish', `sse publish failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+        return unavailable(`Redis did not accept the event: ${connections.redact(err).message}`)
+      }
+    },
+
+    async stream (request, reply, channels, options = {}) {
+      if (store === null) unavailable(resolution.reason)
+      if (closing) unavailable('the server is shutting down')
+      const given: unknown = channels // callers from JavaScript may pass anything
+      if (!Array.isArray(given) || channels.length === 0 || channels.length > MAX_CHANNELS_PER_STREAM) {
+        throw fastify.httpErrors.badRequest(`a stream needs 1-${MAX_CHANNELS_PER_STREAM} channels`)
+      }
+      for (const channel of channels) {
+        if (!validChannel(channel)) throw fastify.httpErrors.badRequest('invalid channel name: 1-128 letters, digits or : _ . -')
+      }
+      const authorize = options.authorize ?? opts.authorize
+      if (authorize !== undefined) {
+        for (const channel of channels) {
+          if (!(await authorize(request, channel))) throw fastify.httpErrors.forbidden(`not allowed to watch ${channel}`)
+        }
+      }
+      if (clients.size >= settings.maxClients) throw fastify.httpErrors.serviceUnavailable('too many event streams on this instance (SSE_MAX_CLIENTS); retry later')
+      const header = request.headers['last-event-id']
+      const query = (request.query as Record<string, unknown> | undefined)?.lastEventId
+      const lastEventId = typeof header === 'string' && header !== '' ? header : typeof query === 'string' && query !== '' ? query : null
+
+      // Listen before answering: once the client has our headers, nothing it is sent can be missed.
+      joining++
+      try {
+        await ensureFanout()
+      } finally {
+        joining--
+      }
+      if (request.raw.destroyed) return releaseWhenIdle() // gone while we subscribed
+      reply.hijack()
+      const res = reply.raw
+      const resumeFrom = lastEventId !== null && isEventId(lastEventId) ? lastEventId : null
+      const client: Client = { res, channels: [...new Set(channels)], lastId: resumeFrom, pending: [] }
+      clients.add(client)
+      for (const channel of client.channels) {
+        let set = byChannel.get(channel)
+        if (set === undefined) byChannel.set(channel, set = new Set())
+        set.add(client)
+      }
+      res.on('close', () => remove(client))
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        'x-accel-buffering': 'no'
+      })
+      res.write(`retry: ${settings.retryMs}\n\n`)
+      startHeartbeat()
+
+      // Whatever is published while the history is read waits in `pending`
+      // and is sent after the replay, minus what the replay already contained.
+      if (lastEventId !== null) {
+        try {
+          // A malformed id cannot be resumed from: the client must resync.
+          const replay = resumeFrom !== null ? await store.replay(client.channels, resumeFrom) : { events: [], reset: true }
+          if (replay.reset) write(client, 'event: reset\ndata: {}\n\n')
+          for (const event of replay.events) {
+            client.lastId = event.id
+            counters.replayed++
+            write(client, frame(event))
+          }
+        } catch (err) {
+          counters.redisErrors++
+          warn('sse-replay', `sse replay failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+          write(client, 'event: reset\ndata: {}\n\n') // history unreachable: the client must resync
+        }
+      }
+      const pending = client.pending ?? []
+      client.pending = null
+      for (const event of pending) {
+        if (compareIds(event.id, client.lastId) <= 0) continue
+        client.lastId = event.id
+        counters.delivered++
+        write(client, frame(event))
+      }
+    },
+
+    stats () {
+      return { ...counters, clients: clients.size, channels: byChannel.size }
+    }
+  }
+
+  connections.describe('sse', () => ({ stats: sse.stats() }))
+  fastify.decorate(decorator, sse)
+
+  // Streams never end on their own: end them before the server waits for open connections.
+  fastify.addHook('preClose', async () => {
+    closing = true
+    for (const client of [...clients]) {
+      // Close the socket too: a keep-alive connection would hold server.close() until the client drops it.
+      client.res.end(() => client.res.destroy())
+      remove(client)
+    }
+  })
+  fastify.addHook('onClose', async () => {
+    clearInterval(heartbeat)
+    const current = fanout
+    fanout = null
+    if (current !== null) await (await current)()
+  })
+}
+
+export default fp(ssePlugin, { name: 'sse', fastify: '5.x', dependencies: ['connections'] })
