@@ -1,8 +1,9 @@
 import { run as connections } from './connections'
 import { run as cache } from './cache'
+import { run as sse } from './sse'
 
 // `npm run bench` runs every benchmark; `npm run bench -- cache` one of them.
-const benches: Record<string, () => Promise<void>> = { connections, cache }
+const benches: Record<string, () => Promise<void>> = { connections, cache, sse }
 
 async function main (): Promise<void> {
   const wanted = process.argv.slice(2)

@@ -34,6 +34,12 @@ export function isEventId (id: string): boolean {
   return ID.test(id)
 }
 
+/** `<ms>-<seq>` as two numbers, for comparisons in hot loops. */
+export function parseId (id: string): [number, number] {
+  const dash = id.indexOf('-')
+  return [Number(id.slice(0, dash)), Number(id.slice(dash + 1))]
+}
+
 /** Orders `<ms>-<seq>` ids; null (no id yet) sorts first. */
 export function compareIds (a: string | null, b: string | null): number {
   if (a === b) return 0

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { redisSseStore, memorySseStore, compareIds, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
+import { redisSseStore, memorySseStore, parseId, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
 import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
@@ -62,8 +62,9 @@ const MAX_CHANNELS_PER_STREAM = 20
 interface Client {
   res: ServerResponse
   channels: readonly string[]
-  /** Last id written to this client: anything not newer is a duplicate. */
-  lastId: string | null
+  /** Last id written to this client, as numbers (-1 before the first): anything not newer is a duplicate. */
+  lastMs: number
+  lastSeq: number
   /** Live events that arrive while the history is being replayed. */
   pending: SseEvent[] | null
 }
@@ -116,16 +117,23 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     }
   }
 
+  /** Writes the event unless this client already has it (replay overlap); `text` is its frame. */
+  function send (client: Client, ms: number, seq: number, text: string): void {
+    if (ms < client.lastMs || (ms === client.lastMs && seq <= client.lastSeq)) return
+    client.lastMs = ms
+    client.lastSeq = seq
+    counters.delivered++
+    write(client, text)
+  }
+
   function deliver (event: SseEvent): void {
-    for (const client of byChannel.get(event.channel) ?? []) {
-      if (client.pending !== null) {
-        client.pending.push(event)
-        continue
-      }
-      if (compareIds(event.id, client.lastId) <= 0) continue // already sent (replay overlap)
-      client.lastId = event.id
-      counters.delivered++
-      write(client, frame(event))
+    const targets = byChannel.get(event.channel)
+    if (targets === undefined) return
+    const [ms, seq] = parseId(event.id)
+    const text = frame(event) // once per event, not per client
+    for (const client of targets) {
+      if (client.pending !== null) client.pending.push(event)
+      else send(client, ms, seq, text)
     }
   }
 
@@ -235,7 +243,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       reply.hijack()
       const res = reply.raw
       const resumeFrom = lastEventId !== null && isEventId(lastEventId) ? lastEventId : null
-      const client: Client = { res, channels: [...new Set(channels)], lastId: resumeFrom, pending: [] }
+      const [resumeMs, resumeSeq] = resumeFrom !== null ? parseId(resumeFrom) : [-1, -1]
+      const client: Client = { res, channels: [...new Set(channels)], lastMs: resumeMs, lastSeq: resumeSeq, pending: [] }
       clients.add(client)
       for (const channel of client.channels) {
         let set = byChannel.get(channel)
@@ -260,7 +269,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
           const replay = resumeFrom !== null ? await store.replay(client.channels, resumeFrom) : { events: [], reset: true }
           if (replay.reset) write(client, 'event: reset\ndata: {}\n\n')
           for (const event of replay.events) {
-            client.lastId = event.id
+            [client.lastMs, client.lastSeq] = parseId(event.id)
             counters.replayed++
             write(client, frame(event))
           }
@@ -273,10 +282,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       const pending = client.pending ?? []
       client.pending = null
       for (const event of pending) {
-        if (compareIds(event.id, client.lastId) <= 0) continue
-        client.lastId = event.id
-        counters.delivered++
-        write(client, frame(event))
+        const [ms, seq] = parseId(event.id)
+        send(client, ms, seq, frame(event))
       }
     },
 

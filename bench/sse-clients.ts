@@ -1,0 +1,43 @@
+import http from 'node:http'
+
+// N streaming clients spread over C channels, in their own process. Reports
+// { connected } once every stream is open, then, on { cmd: 'report' }, how many
+// events arrived and the publish-to-receive latencies.
+
+const [port, count, channels] = process.argv.slice(2).map(Number)
+const latencies: number[] = []
+let received = 0
+let lastAt = 0
+let connected = 0
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity })
+
+for (let i = 0; i < count; i++) {
+  const req = http.get({ host: '127.0.0.1', port, path: `/events/public:bench${i % channels}`, agent, headers: { accept: 'text/event-stream' } }, (res) => {
+    connected++
+    if (connected === count) process.send?.({ connected })
+    let buffer = ''
+    res.setEncoding('utf8')
+    res.on('data', (chunk: string) => {
+      buffer += chunk
+      let end: number
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const frame = buffer.slice(0, end)
+        buffer = buffer.slice(end + 2)
+        const data = frame.split('\n').find((line) => line.startsWith('data: '))
+        if (data === undefined) continue
+        const now = performance.timeOrigin + performance.now()
+        received++
+        lastAt = now
+        latencies.push(now - (JSON.parse(data.slice(6)) as { t: number }).t)
+      }
+    })
+  })
+  req.on('error', (err) => process.send?.({ error: err.message }))
+}
+
+process.on('message', (message: { cmd: string }) => {
+  if (message.cmd !== 'report') return
+  const sorted = [...latencies].sort((a, b) => a - b)
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
+  process.send?.({ received, lastAt, p50: at(0.5), p99: at(0.99) })
+})
