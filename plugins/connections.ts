@@ -125,28 +125,20 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const probeMs = Math.round(performance.now() - started)
   const checkedAt = new Date().toISOString()
 
-  if (tcpCfg.status === 'ok' && tcpProbe !== undefined && tcpContext !== undefined) {
-    Object.assign(tiers.tcp, {
+  function recordProbe (tier: RedisTier, probe: { ok: boolean, latencyMs?: number, error?: Error } | undefined, ctx: DiagnosisContext | undefined): void {
+    if (probe === undefined || ctx === undefined) return
+    Object.assign(tiers[tier], {
       configured: true,
-      source: tcpCfg.target.source,
-      endpoint: tcpCfg.target.display,
-      reachable: tcpProbe.ok,
-      latencyMs: tcpProbe.latencyMs ?? null,
-      lastError: tcpProbe.ok ? null : safe(diagnose(tcpProbe.error, tcpContext)),
+      source: ctx.variable,
+      endpoint: ctx.endpoint,
+      reachable: probe.ok,
+      latencyMs: probe.latencyMs ?? null,
+      lastError: probe.ok ? null : safe(diagnose(probe.error, ctx)),
       checkedAt
     })
   }
-  if (restCfg.status === 'ok' && restProbe !== undefined && restContext !== undefined) {
-    Object.assign(tiers.rest, {
-      configured: true,
-      source: restCfg.target.urlVariable,
-      endpoint: restCfg.target.display,
-      reachable: restProbe.ok,
-      latencyMs: restProbe.latencyMs ?? null,
-      lastError: restProbe.ok ? null : safe(diagnose(restProbe.error, restContext)),
-      checkedAt
-    })
-  }
+  recordProbe('tcp', tcpProbe, tcpContext)
+  recordProbe('rest', restProbe, restContext)
   const tcp = tcpProbe?.client ?? null
   const rest = restProbe?.client ?? null
 
