@@ -2,7 +2,7 @@ import http from 'node:http'
 
 // N streaming clients spread over C channels, in their own process. Reports
 // { connected } once every stream is open, then, on { cmd: 'report' }, how many
-// events arrived and the publish-to-receive latencies.
+// events arrived and the publish-to-receive latencies; { cmd: 'reset' } starts over.
 
 const [port, count, channels] = process.argv.slice(2).map(Number)
 const latencies: number[] = []
@@ -36,6 +36,12 @@ for (let i = 0; i < count; i++) {
 }
 
 process.on('message', (message: { cmd: string }) => {
+  if (message.cmd === 'reset') {
+    latencies.length = 0
+    received = 0
+    process.send?.({ reset: true })
+    return
+  }
   if (message.cmd !== 'report') return
   const sorted = [...latencies].sort((a, b) => a - b)
   const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN

@@ -7,7 +7,7 @@ import app from '../app'
 // A server under test for bench/sse.ts, in its own process so that its RSS is
 // its own. Mode `ours`: the app with fastify.sse on tcp. Mode `baseline`: the
 // minimal hand-written SSE server (raw reply.raw writes fed by one ioredis
-// subscriber). Driven over IPC: { cmd: 'rss' } and { cmd: 'publish', count, channels, gapMs }.
+// subscriber). Driven over IPC: { cmd: 'rss' } and { cmd: 'publish', count, channels, gapMs } (gapMs < 0: all at once).
 
 const [mode, redisUrl] = process.argv.slice(2)
 const send = (message: unknown): void => { process.send?.(message) }
@@ -54,10 +54,15 @@ async function main (): Promise<void> {
       send({ rss: process.memoryUsage().rss })
     } else if (message.cmd === 'publish') {
       void (async () => {
-        for (let i = 0; i < (message.count ?? 0); i++) {
-          const channel = `public:bench${i % (message.channels ?? 1)}`
-          await server.publish(channel, JSON.stringify({ i, t: performance.timeOrigin + performance.now() }))
-          await new Promise((resolve) => setTimeout(resolve, message.gapMs ?? 0))
+        const one = async (i: number): Promise<unknown> => await server.publish(`public:bench${i % (message.channels ?? 1)}`, JSON.stringify({ i, t: performance.timeOrigin + performance.now() }))
+        const indexes = Array.from({ length: message.count ?? 0 }, (_v, i) => i)
+        if ((message.gapMs ?? 0) < 0) {
+          await Promise.all(indexes.map(one)) // a burst: fan-out, not the publisher, is the bottleneck
+        } else {
+          for (const i of indexes) {
+            await one(i)
+            await new Promise((resolve) => setTimeout(resolve, message.gapMs ?? 0))
+          }
         }
         send({ published: message.count })
       })()
