@@ -111,7 +111,7 @@ interface Ring { events: SseEvent[], trimmed: boolean }
 
 /** Memory tier: a ring buffer per channel; channels idle past the TTL are dropped (LRU-bounded). */
 export function memorySseStore (history: HistoryOptions, deliver: (event: SseEvent) => void): SseStore {
-  const rings = new LRUCache<string, Ring>({ max: 100_000, ttl: history.ttlMs })
+  const rings = new LRUCache<string, Ring>({ max: 10_000, ttl: history.ttlMs }) // lru-cache allocates `max` slots up front
   let lastMs = 0
   let seq = 0
   function nextId (): string {
