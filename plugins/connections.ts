@@ -149,7 +149,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
 
   if (tcp !== null) {
     tcp.on('error', (err: Error) => {
-      tiers.tcp.lastError = safe(redact(err).message)
+      tiers.tcp.lastError = safe(tcpContext !== undefined ? diagnose(err, tcpContext) : redact(err).message)
       warn('tcp-error', `tcp Redis error: ${tiers.tcp.lastError}`, { tier: 'tcp' })
     })
     tcp.on('close', () => { tiers.tcp.reachable = false })
