@@ -4,9 +4,11 @@ import type { FastifyInstance } from 'fastify'
 import connections, { type ConnectionsOptions } from './plugins/connections'
 import cache, { type CachePluginOptions } from './plugins/cache'
 import sse, { type SsePluginOptions } from './plugins/sse'
+import presence, { type PresencePluginOptions } from './plugins/presence'
 import healthRoutes from './routes/health'
 import cacheDemoRoutes from './routes/cache'
 import eventRoutes from './routes/events'
+import presenceRoutes from './routes/presence'
 
 // The whole ecosystem as one Fastify plugin: mount it with
 // `fastify.register(app, { env: { REDIS_URL: ... } })`; options override env.
@@ -14,10 +16,13 @@ import eventRoutes from './routes/events'
 export interface AppOptions extends ConnectionsOptions {
   /** Register the /health routes (default true). */
   healthRoutes?: boolean
+  /** Register /presence routes (default true). */
+  presenceRoutes?: boolean
   /** Register the demo routes: /cache/demo, /events (default true). */
   demoRoutes?: boolean
   cache?: CachePluginOptions
   sse?: SsePluginOptions
+  presence?: PresencePluginOptions
 }
 
 async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
@@ -27,13 +32,16 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   // Feature plugins come before routes: route options such as `config.cache` are read as routes are added.
   await fastify.register(cache, opts.cache ?? {})
   await fastify.register(sse, opts.sse ?? {})
+  await fastify.register(presence, opts.presence ?? {})
   if (opts.healthRoutes !== false) await fastify.register(healthRoutes)
   if (opts.demoRoutes !== false) {
     await fastify.register(cacheDemoRoutes)
     await fastify.register(eventRoutes)
   }
+  // Presence routes use the presence plugin's identify(): a host app passes its own (demo: x-user-id).
+  if (opts.presenceRoutes !== false) await fastify.register(presenceRoutes)
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })
-export type { ConnectionsOptions, CachePluginOptions, SsePluginOptions }
-export { connections, cache, sse }
+export type { ConnectionsOptions, CachePluginOptions, SsePluginOptions, PresencePluginOptions }
+export { connections, cache, sse, presence }

@@ -1,0 +1,199 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { redisPresenceStore, memoryPresenceStore, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
+import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
+import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
+import { FeatureUnavailableError } from '../lib/errors'
+import { assertDecoratorFree } from '../lib/decorators'
+import { resolvePrefix } from '../lib/prefix'
+import { rateLimitedWarn } from '../lib/rate-limited-log'
+import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { Unsubscribe } from '../lib/bus'
+
+export const presenceRequirement: FeatureRequirement = { feature: 'presence', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'PRESENCE_ENABLED' }
+
+export interface PresencePluginOptions {
+  decorator?: string
+  prefix?: string
+  /** Who is asking; no identity, no presence (401). Default: DEMO-ONLY `x-user-id` header. */
+  identify?: (request: FastifyRequest) => string | undefined | Promise<string | undefined>
+}
+
+export interface HeartbeatOptions { status?: string, meta?: unknown, device?: string }
+export type PresenceListener = (event: PresenceEvent) => void
+
+export interface Presence {
+  readonly available: boolean
+  readonly tier: Tier | null
+  readonly reason: string
+  heartbeat: (userId: string, opts?: HeartbeatOptions) => Promise<{ joined: boolean }>
+  leave: (userId: string, opts?: { device?: string }) => Promise<void>
+  isOnline: (userId: string) => Promise<boolean>
+  get: (userId: string) => Promise<PresenceEntry | null>
+  list: (opts?: { limit?: number, cursor?: string }) => Promise<{ users: PresenceEntry[], cursor: string | null }>
+  count: () => Promise<number>
+  lastSeen: (userId: string) => Promise<number | null>
+  /** join / leave / status events from every instance; returns a function that removes the listener. */
+  on: (type: PresenceEventType, listener: PresenceListener) => () => void
+  identify: (request: FastifyRequest) => Promise<string | undefined>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    presence: Presence
+  }
+}
+
+const USER_ID = /^[A-Za-z0-9:_.@-]{1,128}$/
+const DEVICE = /^[A-Za-z0-9:_.-]{1,64}$/
+export const MAX_STATUS_LENGTH = 64
+export const MAX_META_BYTES = 1024
+export const SSE_CHANNEL = 'public:presence'
+
+function demoIdentify (request: FastifyRequest): string | undefined {
+  const header = request.headers['x-user-id']
+  return typeof header === 'string' ? header : undefined
+}
+
+async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOptions): Promise<void> {
+  const decorator = opts.decorator ?? 'presence'
+  assertDecoratorFree(fastify, decorator, 'another presence plugin', 'pass the `decorator` option to the presence plugin to use another name')
+  const { connections } = fastify
+  const variable = connections.variable
+  const times = {
+    ttlMs: parseIntegerVariable(variable, 'PRESENCE_TTL_MS', 60_000, 10, 86_400_000),
+    lastSeenTtlMs: parseDurationVariable(variable, 'PRESENCE_LAST_SEEN_TTL', '7d')
+  }
+  const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
+  const prefix = resolvePrefix(opts.prefix, 'PRESENCE_PREFIX', variable)
+  const channel = `${prefix}:presence:events`
+  const resolution = connections.resolve(presenceRequirement)
+  const tier = resolution.status === 'active' ? resolution.tier : null
+  const warn = rateLimitedWarn(fastify.log.child({ plugin: 'presence' }))
+
+  const listeners = new Map<PresenceEventType, Set<PresenceListener>>()
+  function emit (event: PresenceEvent): void {
+    for (const listener of listeners.get(event.type) ?? []) {
+      try {
+        listener(event)
+      } catch (err) {
+        warn('presence-listener', `presence ${event.type} listener threw: ${(err as Error).message}`)
+      }
+    }
+  }
+
+  /** Browsers can watch presence on the `public:presence` SSE channel when the sse plugin runs; the instance that caused an event publishes it once. */
+  function toBrowsers (event: PresenceEvent): void {
+    if (!fastify.hasDecorator('sse') || !fastify.sse.available) return
+    fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${err.message}`))
+  }
+
+  let commands: RedisCommands | null = null
+  if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, timeoutMs)
+  if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, timeoutMs)
+  let store: PresenceStore | null = null
+  if (commands !== null) store = redisPresenceStore(commands, prefix, channel, times)
+  if (tier === 'memory') store = memoryPresenceStore(times, emit)
+
+  let stopListening: Unsubscribe | undefined
+  if (commands !== null && tier !== null) {
+    stopListening = await connections.bus(tier).subscribe(channel, (message) => {
+      const m = message as Partial<PresenceEvent> & { meta?: unknown } | null
+      if (m === null || typeof m !== 'object' || typeof m.userId !== 'string' || (m.type !== 'join' && m.type !== 'leave' && m.type !== 'status')) return
+      let meta: unknown = m.meta
+      if (typeof meta === 'string') {
+        try { meta = JSON.parse(meta) } catch { /* left as text */ }
+      }
+      emit({ type: m.type, userId: m.userId, ...(m.status !== undefined ? { status: m.status } : {}), ...(meta !== undefined ? { meta } : {}) })
+    })
+  }
+
+  /** Presence is state, not a cache: a Redis failure is a 503 with the reason, not a silent miss. */
+  async function call<T> (operation: string, fn: (s: PresenceStore) => Promise<T>): Promise<T> {
+    if (store === null) throw new FeatureUnavailableError('presence', resolution.reason)
+    try {
+      return await fn(store)
+    } catch (err) {
+      const message = connections.redact(err).message
+      warn(`presence-${operation}`, `presence ${operation} failed on ${tier ?? '?'}: ${message}`)
+      throw new FeatureUnavailableError('presence', `Redis did not answer the ${operation} (${message}); try again`)
+    }
+  }
+
+  function checkUser (userId: unknown): string {
+    if (typeof userId !== 'string' || !USER_ID.test(userId)) throw fastify.httpErrors.badRequest('userId must be 1-128 letters, digits or : _ . @ -')
+    return userId
+  }
+
+  const presence: Presence = {
+    available: store !== null,
+    tier,
+    reason: resolution.reason,
+    async heartbeat (userId, options = {}) {
+      checkUser(userId)
+      const status = options.status ?? 'online'
+      if (typeof status !== 'string' || status.length > MAX_STATUS_LENGTH) throw fastify.httpErrors.badRequest(`status must be a string of at most ${MAX_STATUS_LENGTH} characters`)
+      const device = options.device ?? 'default'
+      if (typeof device !== 'string' || !DEVICE.test(device)) throw fastify.httpErrors.badRequest('device must be 1-64 letters, digits or : _ . -')
+      const metaJson = JSON.stringify(options.meta ?? null)
+      if (Buffer.byteLength(metaJson) > MAX_META_BYTES) throw fastify.httpErrors.badRequest(`meta must be JSON of at most ${MAX_META_BYTES} bytes`)
+      const event = await call('heartbeat', async (s) => await s.heartbeat(userId, device, status, metaJson, Date.now()))
+      if (event !== null) toBrowsers({ type: event, userId, status, meta: options.meta ?? null })
+      return { joined: event === 'join' }
+    },
+    async leave (userId, options = {}) {
+      checkUser(userId)
+      if (await call('leave', async (s) => await s.leave(userId, options.device ?? 'default', Date.now()))) toBrowsers({ type: 'leave', userId })
+    },
+    async isOnline (userId) {
+      return (await presence.get(userId)) !== null
+    },
+    async get (userId) {
+      checkUser(userId)
+      return await call('read', async (s) => await s.get(userId, Date.now()))
+    },
+    async list (options = {}) {
+      const limit = Math.min(Math.max(1, Math.floor(options.limit ?? 50)), 500)
+      const offset = options.cursor !== undefined ? Number.parseInt(options.cursor, 10) : 0
+      if (!Number.isInteger(offset) || offset < 0) throw fastify.httpErrors.badRequest('cursor must come from a previous list() answer')
+      const users = await call('list', async (s) => await s.list(Date.now(), offset, limit))
+      return { users, cursor: users.length === limit ? String(offset + limit) : null }
+    },
+    async count () {
+      return await call('count', async (s) => await s.count(Date.now()))
+    },
+    async lastSeen (userId) {
+      checkUser(userId)
+      return await call('read', async (s) => await s.lastSeen(userId))
+    },
+    on (type, listener) {
+      let set = listeners.get(type)
+      if (set === undefined) listeners.set(type, set = new Set())
+      set.add(listener)
+      return () => { set.delete(listener) }
+    },
+    async identify (request) {
+      const id = await (opts.identify ?? demoIdentify)(request)
+      return id !== undefined && USER_ID.test(id) ? id : undefined
+    }
+  }
+
+  // Expiry: every instance sweeps; the script removes each user once and publishes its leave once.
+  let sweeper: NodeJS.Timeout | undefined
+  if (store !== null) {
+    const active = store
+    sweeper = setInterval(() => {
+      active.sweep(Date.now()).then((gone) => { for (const userId of gone) toBrowsers({ type: 'leave', userId }) }, (err: Error) => warn('presence-sweep', `presence sweep failed on ${tier ?? '?'}: ${connections.redact(err).message}`))
+    }, Math.max(10, Math.floor(times.ttlMs / 2)))
+    sweeper.unref()
+  }
+
+  connections.describe('presence', () => ({ ttlMs: times.ttlMs }))
+  fastify.decorate(decorator, presence)
+  fastify.addHook('onClose', async () => {
+    clearInterval(sweeper)
+    await stopListening?.()
+  })
+}
+
+export default fp(presencePlugin, { name: 'presence', fastify: '5.x', dependencies: ['connections'] })

@@ -1,0 +1,155 @@
+import t, { type Test } from 'tap'
+import { build, eventually } from './helpers/build'
+import { startRedisServer } from './helpers/redis-server'
+import { startRestServer } from './helpers/rest-server'
+import type { EnvInput } from '../lib/config'
+import type { Tier } from '../lib/resolve-tier'
+import type { PresenceEvent } from '../lib/presence-store'
+
+// fastify.presence: one spec per tier, then several instances and faults.
+// TTLs are short and expiry is awaited by polling with a deadline.
+
+const BASE = { REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, PRESENCE_TIMEOUT_MS: 300, PRESENCE_PREFIX: 'pspec', PRESENCE_TTL_MS: 300 }
+const as = (user: string): Record<string, string> => ({ 'x-user-id': user })
+
+let namespaces = 0
+
+function spec (t: Test, tier: Tier, sharedEnv: (extra?: EnvInput) => EnvInput): void {
+  // Tests share one Redis: each gets its own namespace.
+  const envFor = (extra: EnvInput = {}): EnvInput => sharedEnv({ PRESENCE_PREFIX: `pspec${++namespaces}`, ...extra })
+  t.test(`${tier}: heartbeat makes a user online, with status and meta`, async (t) => {
+    const { app } = await build(t, envFor({ PRESENCE_TTL_MS: 60_000 }))
+    t.equal(app.presence.tier, tier)
+    const first = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('ada'), payload: { status: 'busy', meta: { room: 'r1' } } })
+    t.equal(first.statusCode, 200)
+    t.same(first.json(), { userId: 'ada', online: true, joined: true })
+    const again = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('ada'), payload: { status: 'busy', meta: { room: 'r1' } } })
+    t.same(again.json(), { userId: 'ada', online: true, joined: false }, 'a second heartbeat is not a join')
+    t.equal(await app.presence.isOnline('ada'), true)
+    t.match(await app.presence.get('ada'), { userId: 'ada', status: 'busy', meta: { room: 'r1' }, lastSeen: Number })
+    t.equal(await app.presence.count(), 1)
+    t.match((await app.inject('/presence/ada')).json(), { userId: 'ada', online: true, status: 'busy' })
+    t.match((await app.inject('/presence/nobody')).json(), { userId: 'nobody', online: false, lastSeen: null })
+  })
+
+  t.test(`${tier}: without heartbeats a user goes offline and leave fires once; lastSeen stays`, async (t) => {
+    const { app } = await build(t, envFor())
+    const events: PresenceEvent[] = []
+    app.presence.on('join', (e) => events.push(e))
+    app.presence.on('leave', (e) => events.push(e))
+    await app.presence.heartbeat('bob')
+    await eventually(async () => !(await app.presence.isOnline('bob')), 3000, 'offline by TTL')
+    await eventually(() => events.some((e) => e.type === 'leave'), 3000, 'the leave event')
+    await new Promise((resolve) => setTimeout(resolve, 400)) // two more sweeps: still one leave
+    t.same(events.map((e) => `${e.type}:${e.userId}`), ['join:bob', 'leave:bob'])
+    t.type(await app.presence.lastSeen('bob'), 'number')
+    t.match((await app.inject('/presence/bob')).json(), { online: false, lastSeen: Number })
+    t.equal(await app.presence.count(), 0)
+  })
+
+  t.test(`${tier}: status changes are events`, async (t) => {
+    const { app } = await build(t, envFor({ PRESENCE_TTL_MS: 60_000 }))
+    const events: PresenceEvent[] = []
+    app.presence.on('status', (e) => events.push(e))
+    await app.presence.heartbeat('cy', { status: 'online' })
+    await app.presence.heartbeat('cy', { status: 'away', meta: { since: 1 } })
+    await app.presence.heartbeat('cy', { status: 'away', meta: { since: 1 } })
+    await eventually(() => events.length >= 1, 3000, 'status event')
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    t.same(events, [{ type: 'status', userId: 'cy', status: 'away', meta: { since: 1 } }])
+  })
+
+  t.test(`${tier}: several devices count once; the user leaves with the last one`, async (t) => {
+    const { app } = await build(t, envFor({ PRESENCE_TTL_MS: 60_000 }))
+    await app.presence.heartbeat('dee', { device: 'phone' })
+    await app.presence.heartbeat('dee', { device: 'laptop' })
+    t.equal(await app.presence.count(), 1)
+    t.equal((await app.inject({ method: 'DELETE', url: '/presence?device=phone', headers: as('dee') })).statusCode, 204)
+    t.equal(await app.presence.isOnline('dee'), true, 'still on the laptop')
+    await app.presence.leave('dee', { device: 'laptop' })
+    t.equal(await app.presence.isOnline('dee'), false)
+  })
+
+  t.test(`${tier}: paging through who is online`, async (t) => {
+    const { app } = await build(t, envFor({ PRESENCE_TTL_MS: 60_000 }))
+    for (let i = 0; i < 7; i++) await app.presence.heartbeat(`user${i}`)
+    const seen: string[] = []
+    let cursor: string | null = null
+    let pages = 0
+    do {
+      const res: { json: <T>() => T } = await app.inject({ url: '/presence/online', query: { limit: '3', ...(cursor !== null ? { cursor } : {}) } })
+      const body: { users: Array<{ userId: string }>, cursor: string | null, count: number } = res.json<{ users: Array<{ userId: string }>, cursor: string | null, count: number }>()
+      t.equal(body.count, 7)
+      seen.push(...body.users.map((u) => u.userId))
+      cursor = body.cursor
+      pages++
+    } while (cursor !== null && pages < 5)
+    t.equal(pages, 3)
+    t.same([...seen].sort(), Array.from({ length: 7 }, (_v, i) => `user${i}`))
+  })
+
+  t.test(`${tier}: validation and identity`, async (t) => {
+    const { app } = await build(t, envFor())
+    t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', payload: {} })).statusCode, 401)
+    t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('bad user'), payload: {} })).statusCode, 401, 'an invalid identity is no identity')
+    t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('eve'), payload: { status: 'x'.repeat(65) } })).statusCode, 400)
+    t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('eve'), payload: { meta: { big: 'x'.repeat(2000) } } })).statusCode, 400)
+    t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('eve'), payload: { device: 'bad device' } })).statusCode, 400)
+    t.equal((await app.inject({ url: '/presence/online?cursor=abc' })).statusCode, 400)
+    await t.rejects(app.presence.heartbeat('', {}), { statusCode: 400, message: /userId/ })
+  })
+}
+
+t.test('the presence specification on every tier', async (t) => {
+  const redis = await startRedisServer(t)
+  const rest = await startRestServer(t, redis)
+  spec(t, 'tcp', (extra = {}) => ({ ...BASE, REDIS_URL: redis.url, ...extra }))
+  spec(t, 'rest', (extra = {}) => ({ ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, ...extra }))
+  spec(t, 'memory', (extra = {}) => ({ ...BASE, ...extra }))
+})
+
+for (const tier of ['tcp', 'rest'] as const) {
+  t.test(`${tier}: two instances share presence; events reach both; an expiry leave fires once`, async (t) => {
+    const redis = await startRedisServer(t)
+    const rest = await startRestServer(t, redis)
+    const env = tier === 'tcp' ? { ...BASE, REDIS_URL: redis.url } : { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    const a = await build(t, env)
+    const b = await build(t, env)
+    const seen = { a: [] as string[], b: [] as string[] }
+    for (const [name, app] of [['a', a.app], ['b', b.app]] as const) {
+      app.presence.on('join', (e) => seen[name].push(`join:${e.userId}`))
+      app.presence.on('leave', (e) => seen[name].push(`leave:${e.userId}`))
+    }
+    await a.app.presence.heartbeat('zoe', { status: 'here' })
+    t.match(await b.app.presence.get('zoe'), { status: 'here' }, 'a heartbeat on A is visible on B')
+    await eventually(() => seen.a.includes('join:zoe') && seen.b.includes('join:zoe'), 3000, 'join on both')
+    await eventually(() => seen.a.includes('leave:zoe') && seen.b.includes('leave:zoe'), 3000, 'leave on both')
+    await new Promise((resolve) => setTimeout(resolve, 500)) // both instances keep sweeping
+    t.same(seen.a, ['join:zoe', 'leave:zoe'], 'A saw one join and one leave')
+    t.same(seen.b, ['join:zoe', 'leave:zoe'], 'B too: two sweepers, one leave')
+  })
+}
+
+t.test('tcp: Redis paused mid-heartbeat answers 503 fast, then works again', async (t) => {
+  const redis = await startRedisServer(t)
+  const { app } = await build(t, { ...BASE, REDIS_URL: redis.url, PRESENCE_TTL_MS: 60_000 })
+  await app.presence.heartbeat('fay')
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const started = Date.now()
+  const res = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('fay'), payload: {} })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { message: /presence is unavailable: Redis did not answer the heartbeat/ })
+  t.ok(Date.now() - started < BASE.PRESENCE_TIMEOUT_MS + 300, `answered in ${Date.now() - started} ms`)
+  redis.resume()
+  await eventually(async () => (await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('fay'), payload: {} })).statusCode === 200, 5000, 'heartbeats work again')
+  t.equal(await app.presence.isOnline('fay'), true)
+})
+
+t.test('a skipped presence still decorates and answers 503 with the reason', async (t) => {
+  const { app } = await build(t, { ...BASE, PRESENCE_ENABLED: 'false' })
+  t.equal(app.presence.available, false)
+  const res = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('gil'), payload: {} })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { message: 'presence is unavailable: disabled by PRESENCE_ENABLED=false' })
+})
