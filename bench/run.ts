@@ -1,9 +1,10 @@
 import { run as connections } from './connections'
 import { run as cache } from './cache'
 import { run as sse } from './sse'
+import { run as presence } from './presence'
 
 // `npm run bench` runs every benchmark; `npm run bench -- cache` one of them.
-const benches: Record<string, () => Promise<void>> = { connections, cache, sse }
+const benches: Record<string, () => Promise<void>> = { connections, cache, sse, presence }
 
 async function main (): Promise<void> {
   const wanted = process.argv.slice(2)

@@ -33,6 +33,8 @@ export interface Presence {
   list: (opts?: { limit?: number, cursor?: string }) => Promise<{ users: PresenceEntry[], cursor: string | null }>
   count: () => Promise<number>
   lastSeen: (userId: string) => Promise<number | null>
+  /** Commands (round trips) sent to Redis so far; on Upstash REST each one is billed. */
+  stats: () => { redisCommands: number }
   /** join / leave / status events from every instance; returns a function that removes the listener. */
   on: (type: PresenceEventType, listener: PresenceListener) => () => void
   identify: (request: FastifyRequest) => Promise<string | undefined>
@@ -166,6 +168,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       checkUser(userId)
       return await call('read', async (s) => await s.lastSeen(userId))
     },
+    stats: () => ({ redisCommands: commands?.sent() ?? 0 }),
     on (type, listener) {
       let set = listeners.get(type)
       if (set === undefined) listeners.set(type, set = new Set())
@@ -188,7 +191,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     sweeper.unref()
   }
 
-  connections.describe('presence', () => ({ ttlMs: times.ttlMs }))
+  connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
   fastify.decorate(decorator, presence)
   fastify.addHook('onClose', async () => {
     clearInterval(sweeper)
