@@ -3,7 +3,6 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { createCache, unavailableCache, type Cache, type CacheClient } from '../lib/cache'
 import { redisCacheStore } from '../lib/cache-store'
-import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseDuration } from '../lib/duration'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { assertDecoratorFree } from '../lib/decorators'
@@ -70,9 +69,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     const { tier } = resolution
     const instanceId = randomUUID()
     const channel = `${prefix}:cache:invalidate`
-    let commands: RedisCommands | null = null
-    if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, settings.timeoutMs)
-    if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, settings.timeoutMs)
+    const commands = connections.commands(tier, settings.timeoutMs)
     const client = createCache({
       tier,
       reason: resolution.reason,

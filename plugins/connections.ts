@@ -14,6 +14,7 @@ import { restTransport } from '../lib/bus-rest'
 import { resolveTier, type FeatureRequirement, type RedisTier, type Resolution, type Tier } from '../lib/resolve-tier'
 import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
+import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { assertDecoratorFree } from '../lib/decorators'
 
 export interface ConnectionsOptions {
@@ -52,6 +53,11 @@ export interface Connections {
   readonly commandTimeoutMs: number
   /** A setting by variable name (options override env), for feature plugins' own flags. */
   variable: (name: string) => string | undefined
+  /**
+   * The commands a feature store needs, on the shared client of a Redis tier, each
+   * with its own deadline and counted; null for memory (or a tier that is not reachable).
+   */
+  commands: (tier: Tier, timeoutMs: number) => RedisCommands | null
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
   bus: (tier: Tier) => Bus
   /** Resolve a feature's requirement and record it in `fastify.features`. */
@@ -215,6 +221,11 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     rest,
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: (name: string) => env[name],
+    commands (tier: Tier, timeoutMs: number): RedisCommands | null {
+      if (tier === 'tcp' && tcp !== null) return tcpCommands(tcp, timeoutMs)
+      if (tier === 'rest' && rest !== null) return restCommands(rest, timeoutMs)
+      return null
+    },
     bus,
     resolve (requirement: FeatureRequirement): Resolution {
       const resolution = resolveTier(requirement, availability, (name) => env[name])

@@ -1,7 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { redisPresenceStore, memoryPresenceStore, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
-import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { assertDecoratorFree } from '../lib/decorators'
@@ -90,9 +89,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${err.message}`))
   }
 
-  let commands: RedisCommands | null = null
-  if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, timeoutMs)
-  if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, timeoutMs)
+  const commands = tier !== null ? connections.commands(tier, timeoutMs) : null
   let store: PresenceStore | null = null
   if (commands !== null) store = redisPresenceStore(commands, prefix, channel, times)
   if (tier === 'memory') store = memoryPresenceStore(times, emit)

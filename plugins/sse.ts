@@ -2,7 +2,6 @@ import type { ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { redisSseStore, memorySseStore, parseId, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
-import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { assertDecoratorFree } from '../lib/decorators'
@@ -138,11 +137,9 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   let store: SseStore | null = null
-  let commands: RedisCommands | null = null
   const tier = resolution.status === 'active' ? resolution.tier : null
+  const commands = tier !== null ? connections.commands(tier, settings.timeoutMs) : null
   if (tier === 'memory') store = memorySseStore(settings.history, deliver)
-  if (tier === 'tcp' && connections.tcp !== null) commands = tcpCommands(connections.tcp, settings.timeoutMs)
-  if (tier === 'rest' && connections.rest !== null) commands = restCommands(connections.rest, settings.timeoutMs)
   if (commands !== null) store = redisSseStore(commands, prefix, busChannel, settings.history)
 
   function onFanout (message: unknown): void {

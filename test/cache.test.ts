@@ -4,6 +4,7 @@ import { Redis } from 'ioredis'
 import { build, eventually } from './helpers/build'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
+import { envForTier } from './helpers/tiers'
 import app from '../app'
 import type { EnvInput } from '../lib/config'
 import type { Tier } from '../lib/resolve-tier'
@@ -159,9 +160,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
 t.test('the cache specification on every tier', async (t) => {
   const redis = await startRedisServer(t)
   const rest = await startRestServer(t, redis)
-  spec(t, 'tcp', (extra = {}) => ({ ...BASE, REDIS_URL: redis.url, ...extra }))
-  spec(t, 'rest', (extra = {}) => ({ ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, ...extra }))
-  spec(t, 'memory', (extra = {}) => ({ ...BASE, ...extra }))
+  for (const tier of ['tcp', 'rest', 'memory'] as const) spec(t, tier, (extra = {}) => envForTier(tier, redis, rest, { ...BASE, ...extra }))
 })
 
 t.test('namespacing on a shared Redis', async (t) => {
@@ -206,7 +205,7 @@ for (const tier of ['tcp', 'rest'] as const) {
   t.test(`${tier}: two instances on one Redis stay coherent`, async (t) => {
     const redis = await startRedisServer(t)
     const rest = await startRestServer(t, redis)
-    const env = tier === 'tcp' ? { ...BASE, REDIS_URL: redis.url } : { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    const env = envForTier(tier, redis, rest, BASE)
     const a = await build(t, env)
     const b = await build(t, env)
     await a.app.cache.set('shared', 'v1', { ttl: 60, tags: ['g'] })

@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { build, eventually } from './helpers/build'
 import { startRedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
+import { envForTier } from './helpers/tiers'
 import type { EnvInput } from '../lib/config'
 import type { Tier } from '../lib/resolve-tier'
 import type { PresenceEvent } from '../lib/presence-store'
@@ -103,16 +104,14 @@ function spec (t: Test, tier: Tier, sharedEnv: (extra?: EnvInput) => EnvInput): 
 t.test('the presence specification on every tier', async (t) => {
   const redis = await startRedisServer(t)
   const rest = await startRestServer(t, redis)
-  spec(t, 'tcp', (extra = {}) => ({ ...BASE, REDIS_URL: redis.url, ...extra }))
-  spec(t, 'rest', (extra = {}) => ({ ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, ...extra }))
-  spec(t, 'memory', (extra = {}) => ({ ...BASE, ...extra }))
+  for (const tier of ['tcp', 'rest', 'memory'] as const) spec(t, tier, (extra = {}) => envForTier(tier, redis, rest, { ...BASE, ...extra }))
 })
 
 for (const tier of ['tcp', 'rest'] as const) {
   t.test(`${tier}: two instances share presence; events reach both; an expiry leave fires once`, async (t) => {
     const redis = await startRedisServer(t)
     const rest = await startRestServer(t, redis)
-    const env = tier === 'tcp' ? { ...BASE, REDIS_URL: redis.url } : { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    const env = envForTier(tier, redis, rest, BASE)
     const a = await build(t, env)
     const b = await build(t, env)
     const seen = { a: [] as string[], b: [] as string[] }

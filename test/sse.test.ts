@@ -5,6 +5,7 @@ import { EventSource } from 'eventsource'
 import { build, eventually, type Built } from './helpers/build'
 import { startRedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
+import { envForTier } from './helpers/tiers'
 import { connectSse } from './helpers/sse-client'
 import type { EnvInput } from '../lib/config'
 import type { Tier } from '../lib/resolve-tier'
@@ -148,16 +149,14 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
 t.test('the sse specification on every tier', async (t) => {
   const redis = await startRedisServer(t)
   const rest = await startRestServer(t, redis)
-  spec(t, 'tcp', (extra = {}) => ({ ...BASE, REDIS_URL: redis.url, ...extra }))
-  spec(t, 'rest', (extra = {}) => ({ ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, ...extra }))
-  spec(t, 'memory', (extra = {}) => ({ ...BASE, ...extra }))
+  for (const tier of ['tcp', 'rest', 'memory'] as const) spec(t, tier, (extra = {}) => envForTier(tier, redis, rest, { ...BASE, ...extra }))
 })
 
 for (const tier of ['tcp', 'rest'] as const) {
   t.test(`${tier}: a client on instance B receives what instance A publishes`, async (t) => {
     const redis = await startRedisServer(t)
     const rest = await startRestServer(t, redis)
-    const env = tier === 'tcp' ? { ...BASE, REDIS_URL: redis.url } : { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    const env = envForTier(tier, redis, rest, BASE)
     const a = await serve(t, env)
     const b = await serve(t, env)
     const conn = await connectSse(t, `${b.url}/events/user:u1:jobs`, USER)
@@ -174,7 +173,7 @@ for (const tier of ['tcp', 'rest'] as const) {
   t.test(`${tier}: Redis restarted while clients are connected`, async (t) => {
     const redis = await startRedisServer(t)
     const rest = await startRestServer(t, redis)
-    const env = tier === 'tcp' ? { ...BASE, REDIS_URL: redis.url } : { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    const env = envForTier(tier, redis, rest, BASE)
     const { app, url } = await serve(t, env)
     const conn = await connectSse(t, `${url}/events/public:restart`)
     await app.sse.publish('public:restart', 'before')
