@@ -154,22 +154,24 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     return result
   }
 
+  /** L1 only, synchronous; a fresh read counts as an L1 hit. */
+  function readLocal (key: string, shared: boolean): { envelope: Envelope, fresh: boolean } | undefined {
+    const local = l1?.get(key)
+    if (local === undefined) return undefined
+    const envelope = shared ? (local.shared ??= JSON.parse(local.json) as Envelope) : JSON.parse(local.json) as Envelope
+    const fresh = envelope.e > Date.now()
+    if (fresh) counters.l1Hits++
+    return { envelope, fresh }
+  }
+
   /**
    * The envelope for a key, fresh or stale, from L1 then Redis; undefined on a
    * miss or a Redis failure. `shared` returns one parsed copy per L1 entry
    * instead of a fresh one per call: only for callers that never mutate it.
    */
   async function lookup (key: string, shared = false): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
-    const local = l1?.get(key)
-    if (local !== undefined) {
-      const envelope = shared ? (local.shared ??= JSON.parse(local.json) as Envelope) : JSON.parse(local.json) as Envelope
-      if (envelope.e > Date.now()) {
-        counters.l1Hits++
-        return { envelope, fresh: true }
-      }
-      if (store === null) return { envelope, fresh: false }
-    }
-    if (store === null) return undefined
+    const local = readLocal(key, shared)
+    if (store === null || local?.fresh === true) return local
     const raw: string | null | typeof FAILED = await store.get(key).catch((err: Error) => failed(err, 'read'))
     if (raw === FAILED || raw === null || raw === undefined) return undefined
     const envelope = JSON.parse(raw) as Envelope
@@ -215,12 +217,8 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     },
 
     peekShared<T> (key: string) {
-      const local = l1?.get(key)
-      if (local === undefined) return undefined
-      const envelope = (local.shared ??= JSON.parse(local.json) as Envelope)
-      if (envelope.e <= Date.now()) return undefined
-      counters.l1Hits++
-      return envelope.v as T
+      const local = readLocal(key, true)
+      return local?.fresh === true ? local.envelope.v as T : undefined
     },
 
     async has (key) {
@@ -237,14 +235,8 @@ export function createCache (opts: CacheClientOptions): CacheClient {
 
     async getOrSet<T> (key: string, loader: () => T | Promise<T>, options: GetOrSetOptions = {}): Promise<T> {
       validateName(key, 'key')
-      const local = l1?.get(key)
-      if (local !== undefined) {
-        const envelope = JSON.parse(local.json) as Envelope
-        if (envelope.e > Date.now()) {
-          counters.l1Hits++
-          return envelope.v as T
-        }
-      }
+      const local = readLocal(key, false)
+      if (local?.fresh === true) return local.envelope.v as T
       const pending = inflight.get(key)
       if (pending !== undefined) return await (pending as Promise<T>)
       const run = (async (): Promise<T> => {
