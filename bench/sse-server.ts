@@ -7,7 +7,9 @@ import app from '../app'
 // A server under test for bench/sse.ts, in its own process so that its RSS is
 // its own. Mode `ours`: the app with fastify.sse on tcp. Mode `baseline`: the
 // minimal hand-written SSE server (raw reply.raw writes fed by one ioredis
-// subscriber). Driven over IPC: { cmd: 'rss' } and { cmd: 'publish', count, channels, gapMs } (gapMs < 0: all at once).
+// subscriber). Driven over IPC: { cmd: 'rss' }, { cmd: 'cpu-mark' } / { cmd: 'cpu' }
+// (CPU used since the mark) and { cmd: 'publish', count, channels, gapMs, bursts }
+// (gapMs < 0: `bursts` times `count` publishes at once).
 
 const [mode, redisUrl] = process.argv.slice(2)
 const send = (message: unknown): void => { process.send?.(message) }
@@ -48,8 +50,15 @@ async function baseline (): Promise<{ port: number, publish: (channel: string, d
 
 async function main (): Promise<void> {
   const server = mode === 'ours' ? await ours() : await baseline()
-  process.on('message', (message: { cmd: string, count?: number, channels?: number, gapMs?: number }) => {
-    if (message.cmd === 'rss') {
+  let cpuMark = process.cpuUsage()
+  process.on('message', (message: { cmd: string, count?: number, channels?: number, gapMs?: number, bursts?: number }) => {
+    if (message.cmd === 'cpu-mark') {
+      cpuMark = process.cpuUsage()
+      send({ marked: true })
+    } else if (message.cmd === 'cpu') {
+      const used = process.cpuUsage(cpuMark)
+      send({ cpuUs: used.user + used.system })
+    } else if (message.cmd === 'rss') {
       for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.()
       send({ rss: process.memoryUsage().rss })
     } else if (message.cmd === 'publish') {
@@ -57,7 +66,8 @@ async function main (): Promise<void> {
         const one = async (i: number): Promise<unknown> => await server.publish(`public:bench${i % (message.channels ?? 1)}`, JSON.stringify({ i, t: performance.timeOrigin + performance.now() }))
         const indexes = Array.from({ length: message.count ?? 0 }, (_v, i) => i)
         if ((message.gapMs ?? 0) < 0) {
-          await Promise.all(indexes.map(one)) // a burst: fan-out, not the publisher, is the bottleneck
+          // Bursts: fan-out, not the publisher, is the bottleneck.
+          for (let b = 0; b < (message.bursts ?? 1); b++) await Promise.all(indexes.map(one))
         } else {
           for (const i of indexes) {
             await one(i)

@@ -1,24 +1,41 @@
-import { fork, type ChildProcess } from 'node:child_process'
+import { execFileSync, fork, type ChildProcess } from 'node:child_process'
+import { availableParallelism } from 'node:os'
 import { once } from 'node:events'
 import path from 'node:path'
 import { teardownList, row } from './helpers'
 import { startRedisServer } from '../test/helpers/redis-server'
 
-// SSE on the tcp tier: 1 000 and 5 000 concurrent clients on 10 channels,
-// 100 publishes; delivered events/s (a burst of 100 publishes), publish-to-receive
-// latency p50/p99 (100 publishes 5 ms apart) and
-// server RSS per idle client, for fastify.sse and for a minimal hand-written
-// baseline (raw reply.raw writes fed by one ioredis subscriber), measured in
-// the same run. Server and clients run in their own processes.
+// SSE on the tcp tier: 1 000 and 5 000 concurrent clients on 10 channels.
+// Latency: 300 publishes 5 ms apart, publish-to-receive p50/p99 over every
+// delivery. Throughput: bursts of 100 publishes at once (500 000 deliveries
+// or more), delivered events/s
+// and the server's CPU per delivered event. Memory: server RSS per idle client.
+// For fastify.sse and for a minimal hand-written baseline (raw reply.raw
+// writes fed by one ioredis subscriber), measured in the same run, ABBA order,
+// medians of the per-pair ratios. Server and clients run in their own
+// processes; with taskset the server gets core 0 and the clients and Redis
+// core 1, so that the load generator does not steal the server's CPU.
 // Targets: throughput >= 0.9x baseline, p99 <= 1.2x baseline, <= 10 KB RSS per idle client.
 
 const CHANNELS = 10
 const PUBLISHES = 100
-const ROUNDS = 3
+/** Bursts of PUBLISHES per throughput phase: at least 10, and at least 500 000 deliveries so that one phase lasts seconds, not milliseconds. */
+const bursts = (clients: number): number => Math.max(10, Math.ceil(500_000 / (PUBLISHES * clients / CHANNELS)))
+const PACED = 300
+const ROUNDS = 5
 
-function medians (runs: Result[]): Result {
-  const mid = (pick: (r: Result) => number): number => runs.map(pick).sort((a, b) => a - b)[Math.floor(runs.length / 2)]
-  return { eventsPerSecond: mid((r) => r.eventsPerSecond), p50: mid((r) => r.p50), p99: mid((r) => r.p99), rssPerClientKb: mid((r) => r.rssPerClientKb) }
+function mid (xs: number[]): number {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+}
+
+function pin (pid: number | undefined, core: number): boolean {
+  if (pid === undefined || availableParallelism() < 2) return false
+  try {
+    execFileSync('taskset', ['-cp', String(core), String(pid)], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
 }
 
 function child (script: string, args: string[], execArgv: string[] = []): ChildProcess {
@@ -39,39 +56,43 @@ async function ask<T> (proc: ChildProcess, message: unknown, key: string): Promi
   return await reply
 }
 
-interface Result { eventsPerSecond: number, p50: number, p99: number, rssPerClientKb: number }
+interface Result { eventsPerSecond: number, cpuUsPerEvent: number, p50: number, p99: number, rssPerClientKb: number }
 
 async function measure (mode: 'ours' | 'baseline', clients: number, redisUrl: string): Promise<Result> {
   const server = child('sse-server.ts', [mode, redisUrl], ['--expose-gc'])
+  pin(server.pid, 0)
   try {
     const { port } = await ask<{ port: number }>(server, null, 'port')
     const before = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
     const load = child('sse-clients.ts', [String(port), String(clients), String(CHANNELS)])
+    pin(load.pid, 1)
     try {
       await ask(load, null, 'connected')
       await new Promise((resolve) => setTimeout(resolve, 500)) // let the server settle after the connection burst
       const idle = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
-      const expected = PUBLISHES * clients / CHANNELS
-      const phase = async (gapMs: number): Promise<{ received: number, lastAt: number, p50: number, p99: number, startedAt: number }> => {
+      const phase = async (count: number, gapMs: number, bursts: number): Promise<{ received: number, seconds: number, cpuUs: number, p50: number, p99: number }> => {
+        const expected = count * bursts * clients / CHANNELS
         await ask(load, { cmd: 'reset' }, 'reset')
+        await ask(server, { cmd: 'cpu-mark' }, 'marked')
         const startedAt = performance.timeOrigin + performance.now()
-        await ask(server, { cmd: 'publish', count: PUBLISHES, channels: CHANNELS, gapMs }, 'published')
+        await ask(server, { cmd: 'publish', count, channels: CHANNELS, gapMs, bursts }, 'published')
         let report = await ask<{ received: number, lastAt: number, p50: number, p99: number }>(load, { cmd: 'report' }, 'received')
-        const deadline = Date.now() + 30_000
+        const deadline = Date.now() + 60_000
         while (report.received < expected && Date.now() < deadline) {
-          await new Promise((resolve) => setTimeout(resolve, 50))
+          await new Promise((resolve) => setTimeout(resolve, 20))
           report = await ask(load, { cmd: 'report' }, 'received')
         }
         if (report.received < expected) throw new Error(`${mode}: ${report.received} of ${expected} events delivered`)
-        return { ...report, startedAt }
+        const { cpuUs } = await ask<{ cpuUs: number }>(server, { cmd: 'cpu' }, 'cpuUs')
+        return { ...report, seconds: (report.lastAt - startedAt) / 1000, cpuUs }
       }
-      const paced = await phase(5) // latency at a steady rate
-      const burst = await phase(-1) // throughput: every publish at once
-      const report = { p50: paced.p50, p99: paced.p99 }
+      const paced = await phase(PACED, 5, 1) // latency at a steady rate
+      const burst = await phase(PUBLISHES, -1, bursts(clients)) // throughput
       return {
-        eventsPerSecond: burst.received / ((burst.lastAt - burst.startedAt) / 1000),
-        p50: report.p50,
-        p99: report.p99,
+        eventsPerSecond: burst.received / burst.seconds,
+        cpuUsPerEvent: burst.cpuUs / burst.received,
+        p50: paced.p50,
+        p99: paced.p99,
         rssPerClientKb: (idle.rss - before.rss) / clients / 1024
       }
     } finally {
@@ -86,30 +107,34 @@ async function measure (mode: 'ours' | 'baseline', clients: number, redisUrl: st
 export async function run (): Promise<void> {
   const cleanups = teardownList()
   const redis = await startRedisServer(cleanups)
+  const pinned = pin(redis.pid(), 1)
   try {
     for (const clients of [1000, 5000]) {
-      // One run is noisy on 2 shared cores: alternate the two servers ROUNDS times (ABBA) and take medians.
-      const bases: Result[] = []
-      const ourRuns: Result[] = []
+      // One run is noisy on 2 shared cores: alternate the two servers (ABBA) and take medians of the pairs.
+      const pairs: Array<{ base: Result, ours: Result }> = []
       for (let i = 0; i < ROUNDS; i++) {
         if (i % 2 === 0) {
-          bases.push(await measure('baseline', clients, redis.url))
-          ourRuns.push(await measure('ours', clients, redis.url))
+          const base = await measure('baseline', clients, redis.url)
+          pairs.push({ base, ours: await measure('ours', clients, redis.url) })
         } else {
-          ourRuns.push(await measure('ours', clients, redis.url))
-          bases.push(await measure('baseline', clients, redis.url))
+          const ours = await measure('ours', clients, redis.url)
+          pairs.push({ ours, base: await measure('baseline', clients, redis.url) })
         }
       }
-      const base = medians(bases)
-      const ours = medians(ourRuns)
-      process.stdout.write(`${clients} clients, ${CHANNELS} channels, ${PUBLISHES * clients / CHANNELS} deliveries per phase; latency: ${PUBLISHES} publishes 5 ms apart; throughput: the same ${PUBLISHES} at once; medians of ${ROUNDS} runs each\n`)
-      row('baseline delivered events/s', base.eventsPerSecond.toFixed(0))
-      row('fastify.sse delivered events/s', ours.eventsPerSecond.toFixed(0), ours.eventsPerSecond / base.eventsPerSecond, 0.9)
-      row('baseline latency p50 / p99', `${base.p50.toFixed(2)} / ${base.p99.toFixed(2)} ms`)
-      row('fastify.sse latency p50 / p99', `${ours.p50.toFixed(2)} / ${ours.p99.toFixed(2)} ms`)
-      row('  p99 ratio (ours / baseline, target <= 1.20)', (ours.p99 / base.p99).toFixed(2))
-      row('baseline RSS per idle client', `${base.rssPerClientKb.toFixed(1)} KiB`)
-      row('fastify.sse RSS per idle client (target <= 10 KB)', `${ours.rssPerClientKb.toFixed(1)} KiB`, ours.rssPerClientKb / base.rssPerClientKb)
+      const base = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.base)))
+      const ours = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.ours)))
+      const ratio = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.ours) / pick(p.base)))
+      process.stdout.write(`${clients} clients, ${CHANNELS} channels${pinned ? ', server on core 0, clients and Redis on core 1' : ''}; ` +
+        `throughput: ${bursts(clients)} bursts of ${PUBLISHES} publishes (${bursts(clients) * PUBLISHES * clients / CHANNELS} deliveries); ` +
+        `latency: ${PACED} publishes 5 ms apart; medians of ${ROUNDS} ABBA pairs\n`)
+      row('baseline delivered events/s', base((r) => r.eventsPerSecond).toFixed(0))
+      row('fastify.sse delivered events/s', ours((r) => r.eventsPerSecond).toFixed(0), ratio((r) => r.eventsPerSecond), 0.9)
+      row('baseline / fastify.sse server CPU per event', `${base((r) => r.cpuUsPerEvent).toFixed(2)} / ${ours((r) => r.cpuUsPerEvent).toFixed(2)} us`, ratio((r) => r.cpuUsPerEvent))
+      row('baseline latency p50 / p99', `${base((r) => r.p50).toFixed(2)} / ${base((r) => r.p99).toFixed(2)} ms`)
+      row('fastify.sse latency p50 / p99', `${ours((r) => r.p50).toFixed(2)} / ${ours((r) => r.p99).toFixed(2)} ms`)
+      row('  p99 ratio (ours / baseline, target <= 1.20)', ratio((r) => r.p99).toFixed(2))
+      row('baseline RSS per idle client', `${base((r) => r.rssPerClientKb).toFixed(1)} KiB`)
+      row('fastify.sse RSS per idle client (target <= 10 KB)', `${ours((r) => r.rssPerClientKb).toFixed(1)} KiB`, ratio((r) => r.rssPerClientKb))
       process.stdout.write('\n')
     }
   } finally {
