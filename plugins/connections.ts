@@ -62,8 +62,8 @@ export interface Connections {
   bus: (tier: Tier) => Bus
   /** Resolve a feature's requirement and record it in `fastify.features`. */
   resolve: (requirement: FeatureRequirement) => Resolution
-  /** Add a feature's own figures (counters, sizes) to its entry in /health. */
-  describe: (feature: string, details: () => Record<string, unknown>) => void
+  /** Add a feature's own figures (counters, sizes, queue counts) to its entry in /health. */
+  describe: (feature: string, details: () => Record<string, unknown> | Promise<Record<string, unknown>>) => void
   /** PING the tiers in use now, each with the command deadline. */
   health: () => Promise<HealthReport>
   /** Make any error safe to log or return. */
@@ -185,7 +185,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   }
 
   const features: Features = {}
-  const details = new Map<string, () => Record<string, unknown>>()
+  const details = new Map<string, () => Record<string, unknown> | Promise<Record<string, unknown>>>()
   const availability = { tcp: { configured: tiers.tcp.configured, reachable: tcp !== null, diagnosis: tiers.tcp.lastError ?? undefined }, rest: { configured: tiers.rest.configured, reachable: rest !== null, diagnosis: tiers.rest.lastError ?? undefined } }
 
   async function health (): Promise<HealthReport> {
@@ -210,7 +210,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     const down = inUse.filter((t) => !tiers[t].reachable)
     const bootFailures = (['tcp', 'rest'] as const).filter((t) => tiers[t].configured && !inUse.includes(t))
     const status = down.length > 0 ? 'down' : bootFailures.length > 0 ? 'degraded' : 'ok'
-    const reported = Object.fromEntries(Object.entries(features).map(([name, resolution]) => [name, { ...resolution, ...details.get(name)?.() }]))
+    const reported: HealthReport['features'] = {}
+    await Promise.all(Object.entries(features).map(async ([name, resolution]) => {
+      reported[name] = { ...resolution, ...await details.get(name)?.() }
+    }))
     return { status, tiers: structuredClone(tiers), features: reported }
   }
 
@@ -232,7 +235,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       features[requirement.feature] = resolution
       return resolution
     },
-    describe (feature: string, fn: () => Record<string, unknown>) { details.set(feature, fn) },
+    describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
     health,
     redact
   } satisfies Connections)

@@ -2,18 +2,18 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import path from 'node:path'
-import { freePort } from './helpers/redis-server'
-import { eventually } from './helpers/build'
+import { freePort, startRedisServer } from './helpers/redis-server'
+import { build, eventually } from './helpers/build'
 
-// server.ts as a newcomer runs it: a real process, JSON logs on stdout, a
-// real port, signals.
+// server.ts and worker.ts as a newcomer runs them: real processes, JSON logs
+// on stdout, a real port, signals.
 
 const root = path.join(__dirname, '..')
 
 interface Running { child: ChildProcess, lines: () => Array<Record<string, unknown>>, output: () => string }
 
-function startServer (t: Test, env: Record<string, string>): Running {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'server.ts'], {
+function startServer (t: Test, env: Record<string, string>, entry = 'server.ts'): Running {
+  const child = spawn(process.execPath, ['--import', 'tsx', entry], {
     cwd: root,
     env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
@@ -83,4 +83,24 @@ t.test('an invalid PORT stops boot with a message naming it', async (t) => {
   const [code] = await once(server.child, 'exit') as [number | null]
   t.equal(code, 1)
   t.match(server.output(), /PORT must be integer/)
+})
+
+t.test('worker.ts runs the queue workers without HTTP, drains on SIGTERM, and exits 1 when queues are skipped', async (t) => {
+  const redis = await startRedisServer(t)
+  const env = { REDIS_URL: redis.url, QUEUES_PREFIX: 'worker-entry' }
+  const worker = startServer(t, env, 'worker.ts')
+  await eventually(() => worker.lines().some((l) => l.msg === 'worker running: report on tcp'), 20000, `worker running; output so far: ${worker.output().slice(0, 500)}`)
+  t.notOk(worker.lines().some((l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening')), 'no HTTP server')
+  const { app: producer } = await build(t, { ...env, QUEUES_WORKERS: false })
+  const { id } = await producer.queues.add('report', { userId: 'w1', steps: 2, stepMs: 10 })
+  await eventually(async () => (await producer.queues.getJob('report', id))?.state === 'completed', 10000, 'the worker process ran the job')
+  t.match(await producer.queues.getJob('report', id), { result: { userId: 'w1', rows: 200 } })
+  worker.child.kill('SIGTERM')
+  const [code] = await once(worker.child, 'exit') as [number | null]
+  t.equal(code, 0, 'graceful exit')
+
+  const idle = startServer(t, {}, 'worker.ts')
+  const [idleCode] = await once(idle.child, 'exit') as [number | null]
+  t.equal(idleCode, 1)
+  t.match(idle.output(), /queues are not available, this worker has nothing to do: queues need a TCP Redis \(REDIS_URL\); no Redis configured/)
 })

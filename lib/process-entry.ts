@@ -1,0 +1,60 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import closeWithGrace from 'close-with-grace'
+import envSchema from 'env-schema'
+
+// What server.ts and worker.ts share as standalone processes: their own
+// settings, JSON logs with credentials redacted, and a bounded graceful close
+// on SIGINT/SIGTERM (a hung close must not keep a PaaS deploy waiting).
+
+export interface ProcessSettings { PORT: number, HOST: string, LOG_LEVEL: string, CLOSE_GRACE_MS: number }
+
+export const LOG_REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'req.headers["x-api-key"]',
+  '*.password',
+  '*.token',
+  '*.REDIS_URL',
+  '*.REDIS_PASSWORD',
+  '*.UPSTASH_REDIS_REST_TOKEN',
+  '*.KV_REST_API_TOKEN'
+]
+
+/** PORT, HOST, LOG_LEVEL, CLOSE_GRACE_MS from the environment; an invalid value ends the process with a message naming it. */
+export function readProcessSettings (): ProcessSettings {
+  const names = ['PORT', 'HOST', 'LOG_LEVEL', 'CLOSE_GRACE_MS']
+  try {
+    return envSchema<ProcessSettings>({
+      schema: {
+        type: 'object',
+        properties: {
+          PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
+          HOST: { type: 'string', default: '0.0.0.0' },
+          LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+          CLOSE_GRACE_MS: { type: 'integer', minimum: 100, default: 10000 }
+        }
+      },
+      data: Object.fromEntries(names.filter((k) => process.env[k] !== undefined && process.env[k] !== '').map((k) => [k, process.env[k]])),
+      env: false
+    })
+  } catch (err) {
+    process.stderr.write(`Invalid configuration: ${(err as Error).message.replace(/^env\//, '')}\n`)
+    process.exit(1)
+  }
+}
+
+/** A Fastify instance with JSON logs and a graceful close on signals and uncaught errors. */
+export function processFastify (settings: ProcessSettings): FastifyInstance {
+  const fastify = Fastify({ logger: { level: settings.LOG_LEVEL, redact: { paths: LOG_REDACT_PATHS, censor: '***' } } })
+  closeWithGrace({ delay: settings.CLOSE_GRACE_MS, logger: fastify.log }, async ({ err }) => {
+    if (err !== undefined) fastify.log.error({ err }, 'closing after an uncaught error')
+    await fastify.close()
+  })
+  return fastify
+}
+
+/** Log why boot failed (message and code only: no config object) and exit 1. */
+export function bootFailed (fastify: FastifyInstance, err: unknown): never {
+  fastify.log.fatal({ err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'boot failed')
+  process.exit(1)
+}

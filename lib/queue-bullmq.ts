@@ -1,0 +1,211 @@
+import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
+import type { Redis, RedisOptions } from 'ioredis'
+import { closeTcp } from './tcp'
+import { withTimeout } from './redis-commands'
+import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './queue-backend'
+
+// BullMQ on the tcp tier, with the connections BullMQ requires and none that
+// it would make up: producers share one connection that fails fast (offline
+// queue off, bounded retries, command timeout), so `add` during an outage
+// rejects instead of hanging; workers get connections with
+// `maxRetriesPerRequest: null` and no command timeout, since their blocking
+// fetch must be allowed to wait and must never be given up on.
+
+export interface BullmqSettings {
+  /** The app's shared tcp client: its options (host, auth, TLS, backoff) are the base of every queue connection. */
+  tcp: Redis
+  /** Key prefix; BullMQ's own default is `bull`. */
+  prefix: string
+  commandTimeoutMs: number
+  events: JobEvents
+  onError: (err: Error) => void
+}
+
+const COUNTED = ['waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'] as const
+
+function context (queue: string, job: Job): JobContext {
+  return {
+    id: job.id ?? '',
+    name: job.name,
+    queue,
+    data: job.data as unknown,
+    attemptsMade: job.attemptsMade,
+    updateProgress: async (progress) => await job.updateProgress(progress)
+  }
+}
+
+/** Resolves once the producer connection is up (or has failed within the command timeout: it keeps reconnecting). */
+export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBackend> {
+  const base: RedisOptions = { ...settings.tcp.options }
+  const producer = settings.tcp.duplicate({ connectionName: 'redis-tiers-queues' })
+  producer.on('error', settings.onError)
+  await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
+  const workerConnection: BullmqRedisOptions = {
+    ...base,
+    maxRetriesPerRequest: null,
+    enableOfflineQueue: true,
+    commandTimeout: undefined,
+    connectionName: 'redis-tiers-worker'
+  } as BullmqRedisOptions
+  const queues = new Map<string, Queue>()
+  const workers = new Map<string, Worker>()
+  let started = false
+
+  function queueOf (name: string): Queue {
+    const queue = queues.get(name)
+    if (queue === undefined) throw new Error(`queue ${name} is not defined`)
+    return queue
+  }
+
+  function ready (): void {
+    // A command sent now would fail anyway; failing here names the reason and sends nothing.
+    if (producer.status !== 'ready') throw new Error(`the tcp Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
+  }
+
+  function startWorker (worker: Worker): void {
+    worker.run().catch(settings.onError)
+  }
+
+  async function info (queue: string, job: Job | undefined): Promise<JobInfo | null> {
+    if (job === undefined) return null
+    const state = await job.getState()
+    return {
+      id: job.id ?? '',
+      queue,
+      name: job.name,
+      state: state,
+      data: job.data as unknown,
+      progress: job.progress as JobInfo['progress'],
+      result: job.returnvalue ?? null,
+      failedReason: job.failedReason ?? null,
+      attemptsMade: job.attemptsMade,
+      createdAt: job.timestamp,
+      processedAt: job.processedOn ?? null,
+      finishedAt: job.finishedOn ?? null
+    }
+  }
+
+  return {
+    define ({ name, processor, concurrency, defaults }, worker) {
+      const queue = new Queue(name, { connection: producer, prefix: settings.prefix, defaultJobOptions: defaults })
+      queue.on('error', settings.onError)
+      queues.set(name, queue)
+      if (!worker) return
+      const w = new Worker(name, async (job: Job) => await processor(context(name, job)), {
+        connection: workerConnection,
+        prefix: settings.prefix,
+        concurrency,
+        autorun: false,
+        // After a lost connection the worker loop waits this long before it fetches again (BullMQ default 15 s).
+        runRetryDelay: 1000
+      })
+      w.on('error', settings.onError)
+      w.on('progress', (job, progress) => settings.events.progress(context(name, job), progress as JobInfo['progress']))
+      w.on('completed', (job, result) => settings.events.completed(context(name, job), result))
+      w.on('failed', (job, err) => {
+        if (job === undefined) return
+        const attempts = job.opts.attempts ?? 1
+        settings.events.failed(context(name, job), err.message, job.attemptsMade >= attempts)
+      })
+      workers.set(name, w)
+      if (started) startWorker(w)
+    },
+
+    async add (name, jobs) {
+      const queue = queueOf(name)
+      ready()
+      if (jobs.length === 1) {
+        const job = await queue.add(name, jobs[0].data, jobs[0].opts)
+        return [job.id ?? '']
+      }
+      const added = await queue.addBulk(jobs.map((j) => ({ name, data: j.data, opts: j.opts })))
+      return added.map((job) => job.id ?? '')
+    },
+
+    async getJob (name, id) {
+      const queue = queueOf(name)
+      ready()
+      return await info(name, await queue.getJob(id))
+    },
+
+    async schedule (name, id, repeat, data) {
+      const queue = queueOf(name)
+      ready()
+      const job = await queue.upsertJobScheduler(id, { every: repeat.every, pattern: repeat.cron, tz: repeat.tz }, { name, data })
+      return { id, ...repeat, next: job !== undefined ? job.timestamp + (job.delay ?? 0) : null }
+    },
+
+    async unschedule (name, id) {
+      const queue = queueOf(name)
+      ready()
+      return await queue.removeJobScheduler(id)
+    },
+
+    async schedules (name) {
+      const queue = queueOf(name)
+      ready()
+      const list = await queue.getJobSchedulers()
+      return list.map((s): ScheduleInfo => ({
+        id: s.id ?? s.key,
+        ...(s.every !== undefined ? { every: Number(s.every) } : {}),
+        ...(s.pattern !== undefined && s.pattern !== null ? { cron: s.pattern } : {}),
+        ...(s.tz !== undefined && s.tz !== null ? { tz: s.tz } : {}),
+        next: s.next !== undefined ? Number(s.next) : null
+      }))
+    },
+
+    async counts (name) {
+      const queue = queueOf(name)
+      ready()
+      const counts = await queue.getJobCounts(...COUNTED)
+      return Object.fromEntries(COUNTED.map((k) => [k, counts[k] ?? 0])) as unknown as JobCounts
+    },
+
+    async pause (name) {
+      const queue = queueOf(name)
+      ready()
+      await queue.pause()
+    },
+
+    async resume (name) {
+      const queue = queueOf(name)
+      ready()
+      await queue.resume()
+    },
+
+    start () {
+      if (started) return
+      started = true
+      for (const worker of workers.values()) startWorker(worker)
+    },
+
+    async close (drainMs) {
+      // pause() stops fetching and waits for the active jobs; they get drainMs. Then close(true):
+      // it does not wait for jobs (a close() without force would, and a later close(true) only
+      // joins it). A job cut off returns to the queue when its lock expires and runs again.
+      const all = [...workers.values()]
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.all(all.map(async (w) => await w.pause().catch(() => {}))),
+        new Promise<void>((resolve) => { timer = setTimeout(resolve, drainMs) })
+      ])
+      clearTimeout(timer)
+      await Promise.all(all.map(async (w) => await forceClose(w, settings.commandTimeoutMs)))
+      await Promise.all([...queues.values()].map(async (q) => await q.close().catch(() => {})))
+      await closeTcp(producer, settings.commandTimeoutMs)
+      workers.clear()
+      queues.clear()
+    }
+  }
+}
+
+/** close(true) gives up on active jobs; if even that waits on a Redis that is away, cut the sockets. */
+async function forceClose (worker: Worker, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const closed = await Promise.race([
+    worker.close(true).then(() => true, () => true),
+    new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
+  ])
+  clearTimeout(timer)
+  if (!closed) await worker.disconnect().catch(() => {})
+}

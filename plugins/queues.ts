@@ -1,0 +1,282 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { bullmqBackend } from '../lib/queue-bullmq'
+import { memoryBackend } from '../lib/queue-memory'
+import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, Repeat, ScheduleInfo } from '../lib/queue-backend'
+import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
+import { FeatureUnavailableError } from '../lib/errors'
+import { assertDecoratorFree } from '../lib/decorators'
+import { resolvePrefix } from '../lib/prefix'
+import { rateLimitedWarn } from '../lib/rate-limited-log'
+import { withTimeout } from '../lib/redis-commands'
+import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import { CHANNEL_PATTERN } from './sse'
+
+export const queuesRequirement: FeatureRequirement = { feature: 'queues', tiers: ['tcp'], fallback: 'skip', flag: 'QUEUES_ENABLED' }
+
+export type ProgressChannel = (queue: string, job: JobContext) => string | null
+
+export interface QueuesPluginOptions {
+  decorator?: string
+  /** Key namespace (BullMQ prefix `<prefix>:queues`); overrides QUEUES_PREFIX (default: the name in package.json). */
+  prefix?: string
+  /** The sse channel a job's progress, completion and failure go to (default `jobs:<queue>:<id>`); null: none. */
+  progressChannel?: ProgressChannel
+}
+
+export interface DefineOptions extends JobOptions {
+  /** Jobs this instance runs at once (default 1). */
+  concurrency?: number
+  progressChannel?: ProgressChannel
+}
+
+export interface QueuesStats { added: number, completed: number, failed: number, redisErrors: number }
+
+export interface Queues {
+  readonly available: boolean
+  readonly tier: Tier | null
+  readonly reason: string
+  /** Whether this instance runs workers (QUEUES_WORKERS). */
+  readonly workers: boolean
+  /** Declare a queue and how its jobs run. Producers and workers both define it; only workers run it. */
+  define: <Data = unknown, Result = unknown>(name: string, processor: Processor<Data, Result>, opts?: DefineOptions) => void
+  add: <Data = unknown>(name: string, data: Data, opts?: AddOptions) => Promise<{ id: string }>
+  addBulk: <Data = unknown>(name: string, jobs: ReadonlyArray<{ data: Data, opts?: AddOptions }>) => Promise<Array<{ id: string }>>
+  getJob: <Data = unknown, Result = unknown>(name: string, id: string) => Promise<JobInfo<Data, Result> | null>
+  /** Create or update the job scheduler `repeat.id` (default: the queue name): idempotent across restarts and instances. */
+  schedule: (name: string, repeat: Repeat & { id?: string }, data?: unknown) => Promise<ScheduleInfo>
+  unschedule: (name: string, id?: string) => Promise<boolean>
+  schedules: (name: string) => Promise<ScheduleInfo[]>
+  counts: (name: string) => Promise<JobCounts>
+  /** Pause or resume the queue for every worker on every instance. */
+  pause: (name: string) => Promise<void>
+  resume: (name: string) => Promise<void>
+  /** Names of the defined queues. */
+  names: () => string[]
+  stats: () => QueuesStats
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    queues: Queues
+  }
+}
+
+const QUEUE_NAME = /^[A-Za-z0-9_.-]{1,64}$/
+const JOB_ID = /^[A-Za-z0-9:_.-]{1,128}$/
+const MAX_BULK = 10_000
+
+const defaultProgressChannel: ProgressChannel = (queue, job) => `jobs:${queue}:${job.id}`
+
+async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions): Promise<void> {
+  const decorator = opts.decorator ?? 'queues'
+  assertDecoratorFree(fastify, decorator, 'another queues plugin', 'pass the `decorator` option to the queues plugin to use another name')
+  const { connections } = fastify
+  const variable = connections.variable
+  const runWorkers = parseBooleanVariable(variable, 'QUEUES_WORKERS', true)
+  const drainMs = parseIntegerVariable(variable, 'QUEUES_DRAIN_MS', 5000, 0, 3_600_000)
+  const timeoutMs = parseIntegerVariable(variable, 'QUEUES_TIMEOUT_MS', connections.commandTimeoutMs, 1, 60_000)
+  const fallback = parseChoiceVariable(variable, 'QUEUES_FALLBACK', ['memory', 'skip'] as const) ?? 'skip'
+  const production = variable('NODE_ENV') === 'production'
+  const prefix = resolvePrefix(opts.prefix, 'QUEUES_PREFIX', variable)
+  const log = fastify.log.child({ plugin: 'queues' })
+  const warn = rateLimitedWarn(log)
+
+  // An in-process queue loses every job on restart: never let it stand in for Redis in production.
+  const refused = fallback === 'memory' && production
+  const resolution = connections.resolve({ ...queuesRequirement, fallback: fallback === 'memory' && !production ? 'memory' : 'skip' })
+  if (refused && resolution.status === 'skipped') {
+    resolution.reason += '; QUEUES_FALLBACK=memory is refused when NODE_ENV=production (an in-process queue loses jobs on restart): fix REDIS_URL'
+  }
+  const tier = resolution.status === 'active' ? resolution.tier : null
+  if (tier === 'memory') log.warn('queues run in memory (QUEUES_FALLBACK=memory): jobs are lost on restart and not shared with other instances; for local development only')
+  if (refused && tier === 'tcp') log.warn('QUEUES_FALLBACK=memory is ignored when NODE_ENV=production')
+
+  const counters: QueuesStats = { added: 0, completed: 0, failed: 0, redisErrors: 0 }
+  const channels = new Map<string, ProgressChannel | null>()
+
+  /** Job events go to the job's sse channel, when sse runs; a failed publish is logged, never thrown. */
+  function announce (job: JobContext, event: string, data: Record<string, unknown>): void {
+    const sse = fastify.hasDecorator('sse') ? fastify.sse : undefined
+    if (sse?.available !== true) return
+    let channel: string | null
+    try {
+      channel = (channels.get(job.queue) ?? opts.progressChannel ?? defaultProgressChannel)(job.queue, job)
+    } catch (err) {
+      warn('queues-channel', `progressChannel threw for queue ${job.queue}: ${(err as Error).message}`)
+      return
+    }
+    if (channel === null) return
+    if (!CHANNEL_PATTERN.test(channel)) {
+      warn('queues-channel', `progressChannel gave an invalid sse channel for queue ${job.queue}; use 1-128 letters, digits or : _ . -`)
+      return
+    }
+    sse.publish(channel, { id: job.id, queue: job.queue, ...data }, { event }).catch((err: Error) => {
+      warn('queues-publish', `job ${event} not published to sse: ${connections.redact(err).message}`)
+    })
+  }
+
+  const events: JobEvents = {
+    progress: (job, progress) => announce(job, 'progress', { progress }),
+    completed: (job, result) => {
+      counters.completed++
+      announce(job, 'completed', { result: result ?? null })
+    },
+    failed: (job, reason, final) => {
+      if (final) counters.failed++
+      announce(job, 'failed', { reason, attemptsMade: job.attemptsMade, final })
+    }
+  }
+
+  let backend: QueueBackend | null = null
+  if (tier === 'tcp' && connections.tcp !== null) {
+    backend = await bullmqBackend({
+      tcp: connections.tcp,
+      prefix: `${prefix}:queues`,
+      commandTimeoutMs: timeoutMs,
+      events,
+      onError: (err) => warn('queues-redis', `queues: ${connections.redact(err).message}`, { tier })
+    })
+  } else if (tier === 'memory') {
+    backend = memoryBackend(events)
+  }
+
+  function unavailable (why: string): never {
+    throw new FeatureUnavailableError('queues', why)
+  }
+
+  /** The backend for a defined queue, or a 503 with the reason the feature is off. */
+  function use (name: string): QueueBackend {
+    if (!channels.has(name)) throw new Error(`queue ${JSON.stringify(name)} is not defined; call fastify.queues.define(name, processor) at boot, on producers and workers alike`)
+    if (backend === null) return unavailable(resolution.reason)
+    return backend
+  }
+
+  /** Redis failures become 503s naming the cause (redacted); the job may or may not have been stored. */
+  async function call<T> (what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await withTimeout(fn(), timeoutMs)
+    } catch (err) {
+      if (tier === 'memory') throw err
+      counters.redisErrors++
+      const message = connections.redact(err).message
+      warn(`queues-${what}`, `queues ${what} failed: ${message}`)
+      return unavailable(`Redis did not answer (${message}); retry later`)
+    }
+  }
+
+  function checkAddOptions (o: AddOptions): void {
+    const bad = (text: string): never => { throw fastify.httpErrors.badRequest(text) }
+    if (o.jobId !== undefined && (!JOB_ID.test(o.jobId) || /^\d+$/.test(o.jobId))) bad('invalid jobId: 1-128 letters, digits or : _ . -, not only digits (those are generated ids)')
+    if (o.delay !== undefined && !(Number.isInteger(o.delay) && o.delay >= 0)) bad('invalid delay: an integer number of ms >= 0')
+    if (o.priority !== undefined && !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 2_097_152)) bad('invalid priority: an integer from 1 to 2097152')
+    checkJobOptions(o, bad)
+  }
+
+  const queues: Queues = {
+    available: resolution.status === 'active',
+    tier,
+    reason: resolution.reason,
+    workers: runWorkers,
+
+    define (name, processor, options = {}) {
+      if (!QUEUE_NAME.test(name)) throw new Error(`invalid queue name ${JSON.stringify(name)}: 1-64 letters, digits or _ . -`)
+      if (channels.has(name)) throw new Error(`queue ${name} is already defined`)
+      if (typeof processor !== 'function') throw new TypeError(`queue ${name}: the processor must be a function`)
+      const { concurrency = 1, progressChannel, ...defaults } = options
+      if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`queue ${name}: concurrency must be an integer >= 1`)
+      checkJobOptions(defaults, (text) => { throw new Error(`queue ${name}: ${text}`) })
+      channels.set(name, progressChannel ?? null)
+      backend?.define({ name, processor: processor as Processor, concurrency, defaults }, runWorkers)
+    },
+
+    async add (name, data, options = {}) {
+      const [added] = await queues.addBulk(name, [{ data, opts: options }])
+      return added
+    },
+
+    async addBulk (name, jobs) {
+      const b = use(name)
+      const given: unknown = jobs // callers from JavaScript may pass anything
+      if (!Array.isArray(given) || jobs.length === 0 || jobs.length > MAX_BULK) throw fastify.httpErrors.badRequest(`addBulk takes 1-${MAX_BULK} jobs`)
+      for (const job of jobs) {
+        if (job.data === undefined) throw fastify.httpErrors.badRequest('job data is required (use null for none)')
+        checkAddOptions(job.opts ?? {})
+      }
+      const ids = await call('add', async () => await b.add(name, jobs.map((j) => ({ data: j.data, opts: j.opts ?? {} }))))
+      counters.added += ids.length
+      return ids.map((id) => ({ id }))
+    },
+
+    async getJob<Data, Result> (name: string, id: string) {
+      const b = use(name)
+      if (typeof id !== 'string' || !JOB_ID.test(id)) return null
+      return await call('getJob', async () => await b.getJob(name, id)) as JobInfo<Data, Result> | null
+    },
+
+    async schedule (name, repeat, data = null) {
+      const b = use(name)
+      const { id = name, ...rest } = repeat
+      const every = rest.every !== undefined
+      if (every === (rest.cron !== undefined)) throw fastify.httpErrors.badRequest('a schedule takes either `every` (ms) or `cron`')
+      if (every && !(Number.isInteger(rest.every) && (rest.every ?? 0) >= 1)) throw fastify.httpErrors.badRequest('invalid every: an integer number of ms >= 1')
+      if (!JOB_ID.test(id)) throw fastify.httpErrors.badRequest('invalid schedule id: 1-128 letters, digits or : _ . -')
+      return await call('schedule', async () => await b.schedule(name, id, rest, data))
+    },
+
+    async unschedule (name, id = name) {
+      const b = use(name)
+      return await call('unschedule', async () => await b.unschedule(name, id))
+    },
+
+    async schedules (name) {
+      const b = use(name)
+      return await call('schedules', async () => await b.schedules(name))
+    },
+
+    async counts (name) {
+      const b = use(name)
+      return await call('counts', async () => await b.counts(name))
+    },
+
+    async pause (name) {
+      const b = use(name)
+      await call('pause', async () => await b.pause(name))
+    },
+
+    async resume (name) {
+      const b = use(name)
+      await call('resume', async () => await b.resume(name))
+    },
+
+    names: () => [...channels.keys()],
+    stats: () => ({ ...counters })
+  }
+
+  connections.describe('queues', async () => {
+    const counts: Record<string, JobCounts | { error: string }> = {}
+    await Promise.all(queues.names().map(async (name) => {
+      try {
+        counts[name] = await queues.counts(name)
+      } catch (err) {
+        counts[name] = { error: (err as Error).message }
+      }
+    }))
+    return { workers: runWorkers, stats: queues.stats(), counts }
+  })
+  fastify.decorate(decorator, queues)
+  // Workers start once the app is ready: every processor is defined and every plugin it may use is loaded.
+  fastify.addHook('onReady', async () => { if (runWorkers) backend?.start() })
+  fastify.addHook('onClose', async () => { await backend?.close(drainMs) })
+}
+
+function checkJobOptions (o: JobOptions, bad: (text: string) => never): void {
+  if (o.attempts !== undefined && !(Number.isInteger(o.attempts) && o.attempts >= 1)) bad('invalid attempts: an integer >= 1')
+  const backoff = o.backoff
+  if (backoff !== undefined) {
+    const delay = typeof backoff === 'number' ? backoff : backoff.delay
+    if (!(Number.isInteger(delay) && delay >= 0) || (typeof backoff === 'object' && !['fixed', 'exponential'].includes(backoff.type))) bad('invalid backoff: ms, or { type: fixed | exponential, delay: ms }')
+  }
+}
+
+export default fp(queuesPlugin, { name: 'queues', fastify: '5.x', dependencies: ['connections'] })
