@@ -1,0 +1,170 @@
+import { Queue, Worker } from 'bullmq'
+import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
+import { teardownList, bootApp, compare, row } from './helpers'
+import { startRedisServer, type RedisServer } from '../test/helpers/redis-server'
+
+// Queues on tcp (issue targets in brackets):
+//  10 000 small jobs, concurrency 50, added in one addBulk: jobs/s from the add
+//    to the last job processed, fastify.queues vs raw BullMQ       [>= 0.95x]
+//    (the queue publishes no sse events, as raw BullMQ does not; then the same
+//    with the default progressChannel: one sse publish per completed job)
+//  add -> processor start latency p50/p99 at low load (one job at a time)
+// Both sides run in this process against the same redis-server, in
+// alternation (ABBA), with a FLUSHALL before every run.
+
+const JOBS = 10_000
+const CONCURRENCY = 50
+const LATENCY_SAMPLES = 300
+
+interface Side {
+  /** Add `count` jobs of `{ t }` in one bulk; resolves once every one was processed. */
+  burst: (count: number) => Promise<void>
+  /** add one job and resolve with ms until its processor started. */
+  one: () => Promise<number>
+  close: () => Promise<void>
+}
+
+type Waiter = { remaining: number, resolve: () => void } | null
+
+function tracker (): { processed: (t: number) => void, burst: (count: number) => Promise<void>, next: () => Promise<number> } {
+  let waiter: Waiter = null
+  let single: ((ms: number) => void) | null = null
+  return {
+    processed (t) {
+      if (single !== null) {
+        const done = single
+        single = null
+        done(performance.now() - t)
+      }
+      if (waiter !== null && --waiter.remaining === 0) waiter.resolve()
+    },
+    async burst (count) { await new Promise<void>((resolve) => { waiter = { remaining: count, resolve } }) },
+    async next () { return await new Promise<number>((resolve) => { single = resolve }) }
+  }
+}
+
+async function ours (redis: RedisServer, prefix: string, sseEvents = false): Promise<Side> {
+  const track = tracker()
+  const app: FastifyInstance = await bootApp({ REDIS_URL: redis.url, QUEUES_PREFIX: prefix, SSE_PREFIX: prefix, QUEUES_DRAIN_MS: 1000 }, (f) => {
+    f.queues.define<{ t: number }, null>('bench', async (job) => { track.processed(job.data.t); return null }, {
+      concurrency: CONCURRENCY,
+      ...(sseEvents ? {} : { progressChannel: () => null })
+    })
+  })
+  return {
+    async burst (count) {
+      const done = track.burst(count)
+      const t = performance.now()
+      await app.queues.addBulk('bench', Array.from({ length: count }, () => ({ data: { t } })))
+      await done
+    },
+    async one () {
+      const started = track.next()
+      await app.queues.add('bench', { t: performance.now() })
+      return await started
+    },
+    close: async () => await app.close()
+  }
+}
+
+async function raw (redis: RedisServer, prefix: string): Promise<Side> {
+  const track = tracker()
+  const connection = { host: '127.0.0.1', port: redis.port }
+  const producer = new Redis({ ...connection, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true })
+  await producer.connect()
+  const queue = new Queue('bench', { connection: producer, prefix: `${prefix}:queues` })
+  const worker = new Worker<{ t: number }, null>('bench', async (job) => { track.processed(job.data.t); return null }, {
+    connection: { ...connection, maxRetriesPerRequest: null },
+    prefix: `${prefix}:queues`,
+    concurrency: CONCURRENCY
+  })
+  await worker.waitUntilReady()
+  return {
+    async burst (count) {
+      const done = track.burst(count)
+      const t = performance.now()
+      await queue.addBulk(Array.from({ length: count }, () => ({ name: 'bench', data: { t } })))
+      await done
+    },
+    async one () {
+      const started = track.next()
+      await queue.add('bench', { t: performance.now() })
+      return await started
+    },
+    async close () {
+      await worker.close()
+      await queue.close()
+      producer.disconnect()
+    }
+  }
+}
+
+function percentile (samples: number[], q: number): number {
+  const sorted = [...samples].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
+export async function run (): Promise<void> {
+  const cleanups = teardownList()
+  const redis = await startRedisServer(cleanups)
+  const admin = new Redis(redis.url)
+  let runs = 0
+  try {
+    const costs = new Map<string, Array<{ cpuUs: number, commands: number }>>()
+    const commandsSoFar = async (): Promise<number> => {
+      const info = await admin.info('commandstats')
+      return [...info.matchAll(/calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+    }
+    const jobsPerSecond = async (make: (redis: RedisServer, prefix: string) => Promise<Side>): Promise<number> => {
+      await admin.flushall()
+      const side = await make(redis, `bench-q${++runs}`)
+      try {
+        await admin.config('RESETSTAT')
+        const cpu = process.cpuUsage()
+        const started = performance.now()
+        await side.burst(JOBS)
+        const seconds = (performance.now() - started) / 1000
+        const used = process.cpuUsage(cpu)
+        const cost = { cpuUs: (used.user + used.system) / JOBS, commands: (await commandsSoFar() - 2) / JOBS } // minus RESETSTAT and INFO
+        costs.set(make.name, [...(costs.get(make.name) ?? []), cost])
+        return JOBS / seconds
+      } finally {
+        await side.close()
+      }
+    }
+    const medianCost = (name: string, pick: (c: { cpuUs: number, commands: number }) => number): number => {
+      const xs = (costs.get(name) ?? []).map(pick).sort((a, b) => a - b)
+      return xs[Math.floor(xs.length / 2)]
+    }
+    await jobsPerSecond(raw) // warm-up: JIT and Redis script cache
+    await jobsPerSecond(ours)
+    const r = await compare(9, async () => await jobsPerSecond(raw), async () => await jobsPerSecond(ours))
+    process.stdout.write(`${JOBS} small jobs in one addBulk, concurrency ${CONCURRENCY}, add to last processed; 9 alternating pairs, medians\n`)
+    row('raw BullMQ', `${r.base.toFixed(0)} jobs/s`)
+    row('fastify.queues (tcp), no sse events', `${r.ours.toFixed(0)} jobs/s`, r.ratio, 0.95)
+    row('  Redis commands per job: raw / ours', `${medianCost('raw', (c) => c.commands).toFixed(2)} / ${medianCost('ours', (c) => c.commands).toFixed(2)}`)
+    row('  this process CPU per job: raw / ours', `${medianCost('raw', (c) => c.cpuUs).toFixed(0)} / ${medianCost('ours', (c) => c.cpuUs).toFixed(0)} us`, medianCost('ours', (c) => c.cpuUs) / medianCost('raw', (c) => c.cpuUs))
+    const oursWithSse = async (redis: RedisServer, prefix: string): Promise<Side> => await ours(redis, prefix, true)
+    const withSse = await compare(3, async () => await jobsPerSecond(raw), async () => await jobsPerSecond(oursWithSse))
+    row('fastify.queues, completion published to sse', `${withSse.ours.toFixed(0)} jobs/s`, withSse.ratio)
+    row('  Redis commands per job with sse events', medianCost('oursWithSse', (c) => c.commands).toFixed(2))
+
+    process.stdout.write(`\nadd -> processor start, one job at a time, ${LATENCY_SAMPLES} jobs\n`)
+    for (const [name, make] of [['raw BullMQ', raw], ['fastify.queues (tcp)', ours]] as const) {
+      await admin.flushall()
+      const side = await make(redis, `bench-l${++runs}`)
+      try {
+        for (let i = 0; i < 20; i++) await side.one() // warm-up
+        const samples: number[] = []
+        for (let i = 0; i < LATENCY_SAMPLES; i++) samples.push(await side.one())
+        row(`${name} p50 / p99`, `${percentile(samples, 0.5).toFixed(2)} / ${percentile(samples, 0.99).toFixed(2)} ms`)
+      } finally {
+        await side.close()
+      }
+    }
+  } finally {
+    admin.disconnect()
+    await cleanups.run()
+  }
+}
