@@ -16,7 +16,7 @@ const send = (message: unknown): void => { process.send?.(message) }
 
 async function ours (): Promise<{ port: number, publish: (channel: string, data: string) => Promise<unknown> }> {
   const fastify = Fastify()
-  await fastify.register(app, { processEnv: false, env: { REDIS_URL: redisUrl, SSE_MAX_CLIENTS: 100_000, SSE_PREFIX: 'bench-sse', SSE_MAX_BUFFER_BYTES: 16 * 1024 * 1024 } })
+  await fastify.register(app, { processEnv: false, env: { REDIS_URL: redisUrl, SSE_MAX_CLIENTS: 100_000, SSE_PREFIX: 'bench-sse', QUEUES_ENABLED: false, SSE_MAX_BUFFER_BYTES: 16 * 1024 * 1024 } })
   await fastify.listen({ port: 0, host: '127.0.0.1' })
   return { port: (fastify.server.address() as AddressInfo).port, publish: async (channel, data) => await fastify.sse.publish(channel, data) }
 }
