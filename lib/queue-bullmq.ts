@@ -66,14 +66,17 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     worker.run().catch(settings.onError)
   }
 
-  async function info (queue: string, job: Job | undefined): Promise<JobInfo | null> {
+  async function info (queue: Queue, id: string): Promise<JobInfo | null> {
+    // State first, then the job: the data read second is at least as new as the state, so a
+    // 'completed' job always comes with its result.
+    const state = await queue.getJobState(id)
+    const job = await queue.getJob(id)
     if (job === undefined) return null
-    const state = await job.getState()
     return {
       id: job.id ?? '',
-      queue,
+      queue: queue.name,
       name: job.name,
-      state: state,
+      state,
       data: job.data as unknown,
       progress: job.progress as JobInfo['progress'],
       result: job.returnvalue ?? null,
@@ -125,7 +128,7 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     async getJob (name, id) {
       const queue = queueOf(name)
       ready()
-      return await info(name, await queue.getJob(id))
+      return await info(queue, id)
     },
 
     async schedule (name, id, repeat, data) {
