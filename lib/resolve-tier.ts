@@ -51,10 +51,10 @@ export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, T
   if (forced === 'memory') {
     return req.fallback === 'memory'
       ? active('memory', `forced by ${tierVariable}=memory; state is per instance and lost on restart`)
-      : skipped(`${tierVariable}=memory is not supported: ${feature} needs ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}`)
+      : skipped(`${tierVariable}=memory is not supported: the ${feature} feature needs ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}`)
   }
   if (forced !== undefined) {
-    if (!req.tiers.includes(forced)) return skipped(`${tierVariable}=${forced} is not supported: ${feature} runs on ${req.tiers.join(', ')}`)
+    if (!req.tiers.includes(forced)) return skipped(`${tierVariable}=${forced} is not supported: the ${feature} feature runs on ${req.tiers.join(', ')}`)
     const state = tiers[forced]
     if (state.reachable) return active(forced, `forced by ${tierVariable}=${forced}`)
     return skipped(`${tierVariable}=${forced} but ${forced} is ${state.configured ? `not reachable: ${state.diagnosis ?? 'probe failed'}` : 'not configured'}`)

@@ -68,7 +68,7 @@ t.test('tier selection and diagnoses', async (t) => {
   t.test('both tiers: tcp preferred; <FEATURE>_TIER forces another', async (t) => {
     const { app } = await build(t, { ...FAST, REDIS_URL: redis.url, ...restEnv, JOBS_TIER: 'rest' }, opts)
     t.match(app.features.demo, { tier: 'tcp' })
-    t.match(app.features.jobs, { status: 'skipped', reason: 'JOBS_TIER=rest is not supported: jobs runs on tcp' })
+    t.match(app.features.jobs, { status: 'skipped', reason: 'JOBS_TIER=rest is not supported: the jobs feature runs on tcp' })
     const forced = await build(t, { ...FAST, REDIS_URL: redis.url, ...restEnv, DEMO_TIER: 'rest' }, opts)
     t.match(forced.app.features.demo, { status: 'active', tier: 'rest', reason: 'forced by DEMO_TIER=rest' })
   })
