@@ -106,22 +106,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   let joining = 0
   let closing = false
 
-  // Events that arrive together (one read from the subscriber holds many) leave together: each
-  // response is corked on its first write in a tick and uncorked once at the end of it, so a
-  // client gets one syscall per tick instead of one per event.
-  const corked = new Set<ServerResponse>()
-  function uncorkAll (): void {
-    for (const res of corked) res.uncork()
-    corked.clear()
-  }
-
   function write (client: Client, text: string): void {
     if (client.res.destroyed) return
-    if (!corked.has(client.res)) {
-      if (corked.size === 0) process.nextTick(uncorkAll)
-      client.res.cork()
-      corked.add(client.res)
-    }
     client.res.write(text)
     // A client that does not read would make us buffer without bound: cut it off.
     if (client.res.writableLength > settings.maxBufferBytes) {
