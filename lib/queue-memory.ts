@@ -86,21 +86,18 @@ export function memoryBackend (events: JobEvents): QueueBackend {
     }, ms)
   }
 
-  function keep (list: MemoryJob[], rule: KeepJobs | undefined, q: MemoryQueue): void {
-    if (rule === undefined || rule === false) return
+  /** Files a finished job and drops the oldest ones beyond the removeOnComplete / removeOnFail rule. */
+  function finish (list: MemoryJob[], job: MemoryJob, rule: KeepJobs | undefined, q: MemoryQueue): void {
     const now = Date.now()
+    job.finishedAt = now
+    list.push(job)
+    if (rule === undefined || rule === false) return
     const count = rule === true ? 0 : typeof rule === 'number' ? rule : rule.count ?? Infinity
     const maxAgeMs = typeof rule === 'object' && 'age' in rule ? rule.age * 1000 : Infinity
     while (list.length > count || (list.length > 0 && now - (list[0].finishedAt ?? now) > maxAgeMs)) {
       const gone = list.shift()
       if (gone !== undefined) q.jobs.delete(gone.id)
     }
-  }
-
-  function finish (list: MemoryJob[], job: MemoryJob, rule: KeepJobs | undefined, q: MemoryQueue): void {
-    job.finishedAt = Date.now()
-    list.push(job)
-    keep(list, rule, q)
   }
 
   async function run (q: MemoryQueue, job: MemoryJob): Promise<void> {

@@ -110,6 +110,16 @@ function spec (t: Test, tier: 'tcp' | 'memory', envFor: () => EnvInput): void {
     t.same(ran, ['free', 'held'])
   })
 
+  t.test(`${tier}: removeOnComplete keeps only the newest finished jobs`, async (t) => {
+    let runs = 0
+    const { app } = await withQueues(t, envFor(), queue('trim', async () => { runs++ }, { removeOnComplete: 2 }))
+    const ids = []
+    for (let i = 0; i < 4; i++) ids.push((await app.queues.add('trim', i)).id) // one by one: the order of completion is the order of adding
+    await eventually(async () => runs === 4 && (await app.queues.counts('trim')).completed === 2, 5000, 'four runs, two kept')
+    t.equal(await app.queues.getJob('trim', ids[0]), null, 'the oldest is gone')
+    t.match(await app.queues.getJob('trim', ids[3]), { state: 'completed' })
+  })
+
   t.test(`${tier}: a jobId that exists returns the existing job`, async (t) => {
     const { app } = await withQueues(t, { ...envFor(), QUEUES_WORKERS: false }, queue('orders', async () => {}))
     const first = await app.queues.add('orders', { order: 1 }, { jobId: 'order-1' })
