@@ -201,19 +201,21 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       }
       tiers[tier].checkedAt = new Date().toISOString()
     }
+    // Features' own figures (queue counts read Redis too) are gathered while the tiers are PINGed: one deadline, not two.
+    const reported: HealthReport['features'] = {}
+    const described = Promise.all(Object.entries(features).map(async ([name, resolution]) => {
+      reported[name] = { ...resolution, ...await details.get(name)?.() }
+    }))
     // Only tiers that were reachable at boot hold connections the app relies on.
     await Promise.all([
       tcp !== null ? check('tcp', async () => await pingTcp(tcp, timeouts.commandTimeoutMs), tcpContext) : undefined,
-      rest !== null ? check('rest', async () => await pingRest(rest), restContext) : undefined
+      rest !== null ? check('rest', async () => await pingRest(rest), restContext) : undefined,
+      described
     ])
     const inUse = [tcp !== null ? 'tcp' : null, rest !== null ? 'rest' : null].filter((t): t is RedisTier => t !== null)
     const down = inUse.filter((t) => !tiers[t].reachable)
     const bootFailures = (['tcp', 'rest'] as const).filter((t) => tiers[t].configured && !inUse.includes(t))
     const status = down.length > 0 ? 'down' : bootFailures.length > 0 ? 'degraded' : 'ok'
-    const reported: HealthReport['features'] = {}
-    await Promise.all(Object.entries(features).map(async ([name, resolution]) => {
-      reported[name] = { ...resolution, ...await details.get(name)?.() }
-    }))
     return { status, tiers: structuredClone(tiers), features: reported }
   }
 
