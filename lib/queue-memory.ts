@@ -35,6 +35,11 @@ interface MemoryQueue {
   schedules: Map<string, { repeat: Repeat, data: unknown, next: number, timer: NodeJS.Timeout }>
 }
 
+/** Data, results and progress go through JSON as they do in Redis: a caller mutating its object later changes nothing here. */
+function json<T> (value: T): T {
+  return value === undefined ? value : JSON.parse(JSON.stringify(value)) as T
+}
+
 function nextRun (repeat: Repeat, from: number): number {
   if (repeat.every !== undefined) return from + repeat.every
   return CronExpressionParser.parse(repeat.cron ?? '', { tz: repeat.tz, currentDate: new Date(from) }).next().getTime()
@@ -57,10 +62,10 @@ export function memoryBackend (events: JobEvents): QueueBackend {
       id: job.id,
       name: q.definition.name,
       queue: q.definition.name,
-      data: job.data,
+      data: json(job.data),
       attemptsMade: job.attemptsMade,
       updateProgress: async (progress) => {
-        job.progress = progress
+        job.progress = json(progress)
         events.progress(context(q, job), progress)
       }
     }
@@ -109,7 +114,7 @@ export function memoryBackend (events: JobEvents): QueueBackend {
       const result = await q.definition.processor(context(q, job))
       job.attemptsMade++ // as BullMQ: the attempt that succeeded counts too
       job.state = 'completed'
-      job.result = result ?? null
+      job.result = json(result) ?? null
       finish(q.finished.completed, job, opts.removeOnComplete, q)
       events.completed(context(q, job), result)
     } catch (err) {
@@ -142,7 +147,7 @@ export function memoryBackend (events: JobEvents): QueueBackend {
   function addOne (q: MemoryQueue, data: unknown, opts: AddOptions): string {
     if (opts.jobId !== undefined && q.jobs.has(opts.jobId)) return opts.jobId
     const id = opts.jobId ?? String(q.nextId++)
-    const job: MemoryJob = { id, data, opts, state: 'waiting', progress: 0, result: null, failedReason: null, attemptsMade: 0, createdAt: Date.now(), processedAt: null, finishedAt: null }
+    const job: MemoryJob = { id, data: json(data), opts, state: 'waiting', progress: 0, result: null, failedReason: null, attemptsMade: 0, createdAt: Date.now(), processedAt: null, finishedAt: null }
     q.jobs.set(id, job)
     if (opts.delay !== undefined && opts.delay > 0) later(q, job, opts.delay)
     else enqueue(q, job)
@@ -194,9 +199,9 @@ export function memoryBackend (events: JobEvents): QueueBackend {
         queue: name,
         name,
         state: job.state,
-        data: job.data,
-        progress: job.progress,
-        result: job.result ?? null,
+        data: json(job.data),
+        progress: json(job.progress),
+        result: json(job.result) ?? null,
         failedReason: job.failedReason,
         attemptsMade: job.attemptsMade,
         createdAt: job.createdAt,

@@ -60,6 +60,10 @@ function spec (t: Test, tier: 'tcp' | 'memory', envFor: () => EnvInput): void {
     t.match(job, { id, queue: 'double', state: 'completed', result: 42, progress: 50, failedReason: null, data: { n: 21 }, attemptsMade: 1 })
     t.same(runs, [21])
     t.match(await app.queues.counts('double'), { completed: 1, waiting: 0, active: 0, failed: 0 })
+    const data = { n: 1, at: new Date(0) }
+    const copy = await app.queues.add('double', data)
+    data.n = 2 // as in Redis, the job holds what was added, as JSON
+    t.same((await finished(app, 'double', copy.id)).data, { n: 1, at: '1970-01-01T00:00:00.000Z' })
     t.equal(await app.queues.getJob('double', '999'), null)
   })
 
