@@ -186,6 +186,22 @@ function spec (t: Test, tier: 'tcp' | 'memory', envFor: () => EnvInput): void {
     const watchOther = await connectSse(t, `${url}${events}`, { 'x-user-id': 'u2' })
     t.equal(watchOther.status, 403, "another user's job channel is forbidden")
   })
+
+  t.test(`${tier}: each failed attempt is an sse event; the last one says final`, async (t) => {
+    const { app } = await withQueues(t, envFor(), queue('fails', async () => { throw new Error('no paper') }, {
+      attempts: 2,
+      backoff: 10,
+      progressChannel: (name, job) => `public:jobs:${name}:${job.id}`
+    }))
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const { id } = await app.queues.add('fails', null)
+    const stream = await connectSse(t, `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/events/public:jobs:fails:${id}?lastEventId=0-0`)
+    const received = await stream.waitFor(2, 10_000)
+    t.same(received.map((e) => [e.event, JSON.parse(e.data) as unknown]), [
+      ['failed', { id, queue: 'fails', reason: 'no paper', attemptsMade: 1, final: false }],
+      ['failed', { id, queue: 'fails', reason: 'no paper', attemptsMade: 2, final: true }]
+    ])
+  })
 }
 
 t.test('tcp', async (t) => {
