@@ -1,5 +1,5 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
-import type { Redis, RedisOptions } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { closeTcp } from './tcp'
 import { withTimeout } from './redis-commands'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './queue-backend'
@@ -36,12 +36,11 @@ function context (queue: string, job: Job): JobContext {
 
 /** Resolves once the producer connection is up (or has failed within the command timeout: it keeps reconnecting). */
 export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBackend> {
-  const base: RedisOptions = { ...settings.tcp.options }
   const producer = settings.tcp.duplicate({ connectionName: 'redis-tiers-queues' })
   producer.on('error', settings.onError)
   await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
   const workerConnection: BullmqRedisOptions = {
-    ...base,
+    ...settings.tcp.options,
     maxRetriesPerRequest: null,
     enableOfflineQueue: true,
     commandTimeout: undefined,
@@ -51,15 +50,12 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
   const workers = new Map<string, Worker>()
   let started = false
 
-  function queueOf (name: string): Queue {
+  /** The queue, if its commands can be sent now: one sent while disconnected would fail anyway, so fail here with the reason and send nothing. */
+  function ready (name: string): Queue {
     const queue = queues.get(name)
     if (queue === undefined) throw new Error(`queue ${name} is not defined`)
-    return queue
-  }
-
-  function ready (): void {
-    // A command sent now would fail anyway; failing here names the reason and sends nothing.
     if (producer.status !== 'ready') throw new Error(`the tcp Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
+    return queue
   }
 
   function startWorker (worker: Worker): void {
@@ -115,8 +111,7 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async add (name, jobs) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       if (jobs.length === 1) {
         const job = await queue.add(name, jobs[0].data, jobs[0].opts)
         return [job.id ?? '']
@@ -126,27 +121,23 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async getJob (name, id) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       return await info(queue, id)
     },
 
     async schedule (name, id, repeat, data) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       const job = await queue.upsertJobScheduler(id, { every: repeat.every, pattern: repeat.cron, tz: repeat.tz }, { name, data })
       return { id, ...repeat, next: job !== undefined ? job.timestamp + (job.delay ?? 0) : null }
     },
 
     async unschedule (name, id) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       return await queue.removeJobScheduler(id)
     },
 
     async schedules (name) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       const list = await queue.getJobSchedulers()
       return list.map((s): ScheduleInfo => ({
         id: s.id ?? s.key,
@@ -158,21 +149,18 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async counts (name) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       const counts = await queue.getJobCounts(...COUNTED)
       return Object.fromEntries(COUNTED.map((k) => [k, counts[k] ?? 0])) as unknown as JobCounts
     },
 
     async pause (name) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       await queue.pause()
     },
 
     async resume (name) {
-      const queue = queueOf(name)
-      ready()
+      const queue = ready(name)
       await queue.resume()
     },
 
