@@ -3,7 +3,7 @@ import { availableParallelism } from 'node:os'
 import { promisify } from 'node:util'
 import path from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
-import app from '../app'
+import app, { type AppOptions } from '../app'
 import type { EnvInput } from '../lib/config'
 import type { Teardown } from '../test/helpers/redis-server'
 
@@ -19,9 +19,9 @@ export function teardownList (): Teardown & { run: () => Promise<void> } {
   }
 }
 
-export async function bootApp (env: EnvInput, routes?: (fastify: FastifyInstance) => void): Promise<FastifyInstance> {
+export async function bootApp (env: EnvInput, routes?: (fastify: FastifyInstance) => void, options: Omit<AppOptions, 'env' | 'processEnv'> = {}): Promise<FastifyInstance> {
   const fastify = Fastify()
-  await fastify.register(app, { processEnv: false, env })
+  await fastify.register(app, { ...options, processEnv: false, env })
   routes?.(fastify)
   await fastify.ready()
   return fastify
