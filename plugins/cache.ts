@@ -5,7 +5,7 @@ import { createCache, unavailableCache, type Cache, type CacheClient } from '../
 import { redisCacheStore } from '../lib/cache-store'
 import { parseDuration } from '../lib/duration'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
-import { assertDecoratorFree } from '../lib/decorators'
+import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { FeatureRequirement } from '../lib/resolve-tier'
@@ -43,8 +43,7 @@ function toArray<T> (value: T | T[] | undefined): T[] {
 }
 
 async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions): Promise<void> {
-  const decorator = opts.decorator ?? 'cache'
-  assertDecoratorFree(fastify, decorator, '@fastify/caching', 'pass the `decorator` option to the cache plugin to use another name')
+  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'cache', '@fastify/caching')
   const { connections } = fastify
   const variable = connections.variable
   const prefix = resolvePrefix(opts.prefix, 'CACHE_PREFIX', variable)

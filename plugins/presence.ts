@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { redisPresenceStore, memoryPresenceStore, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
-import { assertDecoratorFree } from '../lib/decorators'
+import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
@@ -57,8 +57,7 @@ function demoIdentify (request: FastifyRequest): string | undefined {
 }
 
 async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOptions): Promise<void> {
-  const decorator = opts.decorator ?? 'presence'
-  assertDecoratorFree(fastify, decorator, 'another presence plugin', 'pass the `decorator` option to the presence plugin to use another name')
+  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'presence')
   const { connections } = fastify
   const variable = connections.variable
   const times = {

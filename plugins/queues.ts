@@ -5,7 +5,7 @@ import { memoryBackend } from '../lib/queue-memory'
 import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, Repeat, ScheduleInfo } from '../lib/queue-backend'
 import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
-import { assertDecoratorFree } from '../lib/decorators'
+import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/redis-commands'
@@ -69,8 +69,7 @@ const MAX_BULK = 10_000
 const defaultProgressChannel: ProgressChannel = (queue, job) => `jobs:${queue}:${job.id}`
 
 async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions): Promise<void> {
-  const decorator = opts.decorator ?? 'queues'
-  assertDecoratorFree(fastify, decorator, 'another queues plugin', 'pass the `decorator` option to the queues plugin to use another name')
+  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'queues')
   const { connections } = fastify
   const variable = connections.variable
   const runWorkers = parseBooleanVariable(variable, 'QUEUES_WORKERS', true)

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { redisSseStore, memorySseStore, parseId, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
-import { assertDecoratorFree } from '../lib/decorators'
+import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
@@ -79,8 +79,7 @@ function validChannel (channel: unknown): channel is string {
 }
 
 async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Promise<void> {
-  const decorator = opts.decorator ?? 'sse'
-  assertDecoratorFree(fastify, decorator, 'another SSE plugin', 'pass the `decorator` option to the sse plugin to use another name')
+  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'sse', 'another SSE plugin')
   const { connections } = fastify
   const variable = connections.variable
   const settings = {
