@@ -2,31 +2,53 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { once } from 'node:events'
 import path from 'node:path'
+import { Redis } from 'ioredis'
 import { teardownList, row } from './helpers'
 import { startRedisServer } from '../test/helpers/redis-server'
 
-// SSE on the tcp tier: 1 000 and 5 000 concurrent clients on 10 channels.
-// Latency: 300 publishes 1 ms apart per 250 clients (4 ms at 1 000, 20 ms at
-// 5 000: well below what the client process can take, so that queueing in the
-// load generator does not become the p99), publish-to-receive p50/p99 over every
-// delivery. Throughput: bursts of 100 publishes at once (500 000 deliveries
-// or more), delivered events/s
-// and the server's CPU per delivered event. Memory: server RSS per idle client.
-// For fastify.sse and for a minimal hand-written baseline (raw reply.raw
-// writes fed by one ioredis subscriber), measured in the same run, ABBA order,
-// medians of the per-pair ratios. Server and clients run in their own
-// processes; with taskset the server and Redis get core 0 and the clients core 1,
-// so that the load generator neither steals their CPU nor is slowed by Redis.
+// SSE on the tcp tier: 1 000 and 5 000 concurrent clients on 10 channels, for
+// fastify.sse and for a minimal hand-written baseline (raw reply.raw writes fed
+// by one ioredis subscriber), measured in the same run.
+//
+// Both servers are up at once, each with its own clients, and take turns in
+// short phases (ABBA order): on 2 shared cores a single phase varies by +-20 %
+// with the host, and phases a second or two apart let a slow spell hit both
+// sides of a pair. A process can also run fast or slow for its whole life, so
+// each size uses several fresh server pairs. Figures are medians of the
+// per-pair ratios.
+// - Throughput: bursts of 100 publishes at once (200 000 deliveries or more per
+//   phase), delivered events/s, and the CPU the server and Redis spend per event.
+// - Latency: 100 publishes 1 ms apart per 250 clients (4 ms at 1 000, 20 ms at
+//   5 000: well below what the client process can take, so that queueing in the
+//   load generator does not become the p99), publish-to-receive p50/p99.
+// - Memory: server RSS per idle client.
+// With taskset the servers and Redis get core 0 and the clients core 1, so
+// that the load generator neither steals their CPU nor is slowed by Redis.
 // Targets: throughput >= 0.9x baseline, p99 <= 1.2x baseline, <= 10 KB RSS per idle client.
 
 const CHANNELS = 10
 const PUBLISHES = 100
-/** Bursts of PUBLISHES per throughput phase: at least 10, and at least 500 000 deliveries so that one phase lasts seconds, not milliseconds. */
-const bursts = (clients: number): number => Math.max(10, Math.ceil(500_000 / (PUBLISHES * clients / CHANNELS)))
-const PACED = 300
+/** Bursts of PUBLISHES per throughput phase: at least 200 000 deliveries, so that a phase lasts about a second. */
+const bursts = (clients: number): number => Math.max(10, Math.ceil(200_000 / (PUBLISHES * clients / CHANNELS)))
+const PACED = 100
 /** Gap between paced publishes: deliveries stay at ~250 000/s x 1/4, a quarter of what the clients can read. */
 const gapMs = (clients: number): number => Math.max(1, Math.round(clients / 250))
-const ROUNDS = 5
+/** Fresh server pairs per size (BENCH_SSE_SESSIONS): one process can run a few percent fast or slow for its whole life. */
+const SESSIONS = Number(process.env.BENCH_SSE_SESSIONS ?? 4)
+/** Alternating pairs of phases per server pair (BENCH_SSE_PAIRS). */
+const PAIRS = Number(process.env.BENCH_SSE_PAIRS ?? 5)
+
+type Mode = 'ours' | 'baseline'
+
+interface Side {
+  mode: Mode
+  clients: number
+  server: ChildProcess
+  load: ChildProcess
+  rssPerClientKb: number
+}
+
+interface Phase { eventsPerSecond: number, serverCpuUsPerEvent: number, redisCpuUsPerEvent: number, p50: number, p99: number }
 
 function mid (xs: number[]): number {
   return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
@@ -60,86 +82,124 @@ async function ask<T> (proc: ChildProcess, message: unknown, key: string): Promi
   return await reply
 }
 
-interface Result { eventsPerSecond: number, cpuUsPerEvent: number, p50: number, p99: number, rssPerClientKb: number }
+/** CPU Redis has used so far, in microseconds (INFO cpu). */
+async function redisCpuUs (redis: Redis): Promise<number> {
+  const info = await redis.info('cpu')
+  const seconds = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0)
+  return (seconds('used_cpu_user') + seconds('used_cpu_sys')) * 1e6
+}
 
-async function measure (mode: 'ours' | 'baseline', clients: number, redisUrl: string): Promise<Result> {
+/** A server with `clients` connected streams, and its RSS per idle client. */
+async function start (mode: Mode, clients: number, redisUrl: string): Promise<Side> {
   const server = child('sse-server.ts', [mode, redisUrl], ['--expose-gc'])
   pin(server.pid, 0)
-  try {
-    const { port } = await ask<{ port: number }>(server, null, 'port')
-    const before = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
-    const load = child('sse-clients.ts', [String(port), String(clients), String(CHANNELS)])
-    pin(load.pid, 1)
-    try {
-      await ask(load, null, 'connected')
-      await new Promise((resolve) => setTimeout(resolve, 500)) // let the server settle after the connection burst
-      const idle = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
-      const phase = async (count: number, gapMs: number, bursts: number): Promise<{ received: number, seconds: number, cpuUs: number, p50: number, p99: number }> => {
-        const expected = count * bursts * clients / CHANNELS
-        await ask(load, { cmd: 'reset' }, 'reset')
-        await ask(server, { cmd: 'cpu-mark' }, 'marked')
-        const startedAt = performance.timeOrigin + performance.now()
-        await ask(server, { cmd: 'publish', count, channels: CHANNELS, gapMs, bursts }, 'published')
-        let report = await ask<{ received: number, lastAt: number, p50: number, p99: number }>(load, { cmd: 'report' }, 'received')
-        const deadline = Date.now() + 60_000
-        while (report.received < expected && Date.now() < deadline) {
-          await new Promise((resolve) => setTimeout(resolve, 20))
-          report = await ask(load, { cmd: 'report' }, 'received')
-        }
-        if (report.received < expected) throw new Error(`${mode}: ${report.received} of ${expected} events delivered`)
-        const { cpuUs } = await ask<{ cpuUs: number }>(server, { cmd: 'cpu' }, 'cpuUs')
-        return { ...report, seconds: (report.lastAt - startedAt) / 1000, cpuUs }
-      }
-      const paced = await phase(PACED, gapMs(clients), 1) // latency at a steady rate
-      const burst = await phase(PUBLISHES, -1, bursts(clients)) // throughput
-      return {
-        eventsPerSecond: burst.received / burst.seconds,
-        cpuUsPerEvent: burst.cpuUs / burst.received,
-        p50: paced.p50,
-        p99: paced.p99,
-        rssPerClientKb: (idle.rss - before.rss) / clients / 1024
-      }
-    } finally {
-      load.kill()
-    }
-  } finally {
-    server.kill()
-    await once(server, 'exit')
+  const { port } = await ask<{ port: number }>(server, null, 'port')
+  const before = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
+  const load = child('sse-clients.ts', [String(port), String(clients), String(CHANNELS)])
+  pin(load.pid, 1)
+  await ask(load, null, 'connected')
+  await new Promise((resolve) => setTimeout(resolve, 500)) // let the server settle after the connection burst
+  const idle = await ask<{ rss: number }>(server, { cmd: 'rss' }, 'rss')
+  return { mode, clients, server, load, rssPerClientKb: (idle.rss - before.rss) / clients / 1024 }
+}
+
+async function stop (side: Side): Promise<void> {
+  side.load.kill()
+  side.server.kill()
+  await once(side.server, 'exit')
+}
+
+/** `bursts` times `count` publishes, at once (gapMs < 0) or paced, until every client has every event. */
+async function phase (side: Side, redis: Redis, count: number, gapMs: number, bursts: number): Promise<Phase> {
+  const { server, load } = side
+  const expected = count * bursts * side.clients / CHANNELS
+  await ask(load, { cmd: 'reset' }, 'reset')
+  await ask(server, { cmd: 'cpu-mark' }, 'marked')
+  const redisBefore = await redisCpuUs(redis)
+  const startedAt = performance.timeOrigin + performance.now()
+  await ask(server, { cmd: 'publish', count, channels: CHANNELS, gapMs, bursts }, 'published')
+  let report = await ask<{ received: number, lastAt: number, p50: number, p99: number }>(load, { cmd: 'report' }, 'received')
+  const deadline = Date.now() + 60_000
+  while (report.received < expected && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    report = await ask(load, { cmd: 'report' }, 'received')
+  }
+  if (report.received < expected) throw new Error(`${side.mode}: ${report.received} of ${expected} events delivered`)
+  const { cpuUs } = await ask<{ cpuUs: number }>(server, { cmd: 'cpu' }, 'cpuUs')
+  const redisUs = await redisCpuUs(redis) - redisBefore
+  return {
+    eventsPerSecond: report.received / ((report.lastAt - startedAt) / 1000),
+    serverCpuUsPerEvent: cpuUs / report.received,
+    redisCpuUsPerEvent: redisUs / report.received,
+    p50: report.p50,
+    p99: report.p99
   }
 }
 
+/** BENCH_SSE_CLIENTS=1000 runs one size only (default 1000,5000). */
+function clientCounts (): number[] {
+  for (const [name, value] of [['BENCH_SSE_SESSIONS', SESSIONS], ['BENCH_SSE_PAIRS', PAIRS]] as const) {
+    if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a whole number of at least 1`)
+  }
+  const counts = (process.env.BENCH_SSE_CLIENTS ?? '1000,5000').split(',').map(Number)
+  if (counts.some((n) => !Number.isInteger(n) || n < CHANNELS)) throw new Error(`BENCH_SSE_CLIENTS must list client counts of at least ${CHANNELS}, e.g. 1000,5000`)
+  return counts
+}
+
+function report (clients: number, pinned: boolean, rss: Array<Record<Mode, number>>, pairs: Array<Record<Mode, { burst: Phase, paced: Phase }>>): void {
+  const base = (pick: (r: { burst: Phase, paced: Phase }) => number): number => mid(pairs.map((p) => pick(p.baseline)))
+  const ours = (pick: (r: { burst: Phase, paced: Phase }) => number): number => mid(pairs.map((p) => pick(p.ours)))
+  const ratio = (pick: (r: { burst: Phase, paced: Phase }) => number): number => mid(pairs.map((p) => pick(p.ours) / pick(p.baseline)))
+  const throughput = (r: { burst: Phase }): number => r.burst.eventsPerSecond
+  const cpu = (r: { burst: Phase }): number => r.burst.serverCpuUsPerEvent + r.burst.redisCpuUsPerEvent
+  const spread = pairs.map((p) => throughput(p.ours) / throughput(p.baseline)).sort((a, b) => a - b)
+  process.stdout.write(`${clients} clients, ${CHANNELS} channels${pinned ? ', servers and Redis on core 0, clients on core 1' : ''}; ` +
+    `throughput: ${bursts(clients)} bursts of ${PUBLISHES} publishes (${bursts(clients) * PUBLISHES * clients / CHANNELS} deliveries); ` +
+    `latency: ${PACED} publishes ${gapMs(clients)} ms apart; medians of ${pairs.length} pairs of phases (${SESSIONS} server pairs, ${PAIRS} each)\n`)
+  row('baseline delivered events/s', base(throughput).toFixed(0))
+  row('fastify.sse delivered events/s', ours(throughput).toFixed(0), ratio(throughput), 0.9)
+  row('  ratio of each pair, lowest to highest', `${spread[0].toFixed(2)} .. ${spread[spread.length - 1].toFixed(2)}`)
+  // Servers and Redis share core 0: their summed CPU per event is what caps throughput there, and it moves less with the host than wall-clock rates.
+  row('baseline / fastify.sse server + Redis CPU per event', `${base(cpu).toFixed(2)} / ${ours(cpu).toFixed(2)} us`, ratio(cpu))
+  row('  of which Redis', `${base((r) => r.burst.redisCpuUsPerEvent).toFixed(2)} / ${ours((r) => r.burst.redisCpuUsPerEvent).toFixed(2)} us`)
+  row('baseline latency p50 / p99', `${base((r) => r.paced.p50).toFixed(2)} / ${base((r) => r.paced.p99).toFixed(2)} ms`)
+  row('fastify.sse latency p50 / p99', `${ours((r) => r.paced.p50).toFixed(2)} / ${ours((r) => r.paced.p99).toFixed(2)} ms`)
+  row('  p99 ratio (ours / baseline, target <= 1.20)', ratio((r) => r.paced.p99).toFixed(2))
+  row('baseline RSS per idle client', `${mid(rss.map((r) => r.baseline)).toFixed(1)} KiB`)
+  row('fastify.sse RSS per idle client (target <= 10 KB)', `${mid(rss.map((r) => r.ours)).toFixed(1)} KiB`, mid(rss.map((r) => r.ours / r.baseline)))
+  process.stdout.write('\n')
+}
+
 export async function run (): Promise<void> {
+  const sizes = clientCounts()
   const cleanups = teardownList()
-  const redis = await startRedisServer(cleanups)
-  const pinned = pin(redis.pid(), 0)
+  const redisServer = await startRedisServer(cleanups)
+  const pinned = pin(redisServer.pid(), 0)
+  const redis = new Redis(redisServer.url) // reads Redis's own CPU time
+  cleanups.teardown(() => redis.disconnect())
   try {
-    for (const clients of [1000, 5000]) {
-      // One run is noisy on 2 shared cores: alternate the two servers (ABBA) and take medians of the pairs.
-      const pairs: Array<{ base: Result, ours: Result }> = []
-      for (let i = 0; i < ROUNDS; i++) {
-        if (i % 2 === 0) {
-          const base = await measure('baseline', clients, redis.url)
-          pairs.push({ base, ours: await measure('ours', clients, redis.url) })
-        } else {
-          const ours = await measure('ours', clients, redis.url)
-          pairs.push({ ours, base: await measure('baseline', clients, redis.url) })
+    for (const clients of sizes) {
+      const pairs: Array<Record<Mode, { burst: Phase, paced: Phase }>> = []
+      const rss: Array<Record<Mode, number>> = []
+      for (let session = 0; session < SESSIONS; session++) {
+        // Started one after the other, so that each RSS reading is taken while the other server is idle.
+        const sides: Record<Mode, Side> = { baseline: await start('baseline', clients, redisServer.url), ours: await start('ours', clients, redisServer.url) }
+        try {
+          rss.push({ baseline: sides.baseline.rssPerClientKb, ours: sides.ours.rssPerClientKb })
+          for (let i = 0; i < PAIRS; i++) {
+            const order: Mode[] = (session + i) % 2 === 0 ? ['baseline', 'ours'] : ['ours', 'baseline']
+            const pair: Partial<Record<Mode, { burst: Phase, paced: Phase }>> = {}
+            for (const mode of order) {
+              const burst = await phase(sides[mode], redis, PUBLISHES, -1, bursts(clients))
+              pair[mode] = { burst, paced: await phase(sides[mode], redis, PACED, gapMs(clients), 1) }
+            }
+            pairs.push(pair as Record<Mode, { burst: Phase, paced: Phase }>)
+          }
+        } finally {
+          await Promise.all([stop(sides.baseline), stop(sides.ours)])
         }
       }
-      const base = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.base)))
-      const ours = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.ours)))
-      const ratio = (pick: (r: Result) => number): number => mid(pairs.map((p) => pick(p.ours) / pick(p.base)))
-      process.stdout.write(`${clients} clients, ${CHANNELS} channels${pinned ? ', server and Redis on core 0, clients on core 1' : ''}; ` +
-        `throughput: ${bursts(clients)} bursts of ${PUBLISHES} publishes (${bursts(clients) * PUBLISHES * clients / CHANNELS} deliveries); ` +
-        `latency: ${PACED} publishes ${gapMs(clients)} ms apart; medians of ${ROUNDS} ABBA pairs\n`)
-      row('baseline delivered events/s', base((r) => r.eventsPerSecond).toFixed(0))
-      row('fastify.sse delivered events/s', ours((r) => r.eventsPerSecond).toFixed(0), ratio((r) => r.eventsPerSecond), 0.9)
-      row('baseline / fastify.sse server CPU per event', `${base((r) => r.cpuUsPerEvent).toFixed(2)} / ${ours((r) => r.cpuUsPerEvent).toFixed(2)} us`, ratio((r) => r.cpuUsPerEvent))
-      row('baseline latency p50 / p99', `${base((r) => r.p50).toFixed(2)} / ${base((r) => r.p99).toFixed(2)} ms`)
-      row('fastify.sse latency p50 / p99', `${ours((r) => r.p50).toFixed(2)} / ${ours((r) => r.p99).toFixed(2)} ms`)
-      row('  p99 ratio (ours / baseline, target <= 1.20)', ratio((r) => r.p99).toFixed(2))
-      row('baseline RSS per idle client', `${base((r) => r.rssPerClientKb).toFixed(1)} KiB`)
-      row('fastify.sse RSS per idle client (target <= 10 KB)', `${ours((r) => r.rssPerClientKb).toFixed(1)} KiB`, ratio((r) => r.rssPerClientKb))
-      process.stdout.write('\n')
+      report(clients, pinned, rss, pairs)
     }
   } finally {
     await cleanups.run()
