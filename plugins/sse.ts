@@ -105,9 +105,9 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   let joining = 0
   let closing = false
 
-  function write (client: Client, text: string): void {
+  function write (client: Client, chunk: Buffer | string): void {
     if (client.res.destroyed) return
-    client.res.write(text)
+    client.res.write(chunk)
     // A client that does not read would make us buffer without bound: cut it off.
     if (client.res.writableLength > settings.maxBufferBytes) {
       counters.slowClientsDropped++
@@ -115,24 +115,27 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     }
   }
 
-  /** Writes the event unless this client already has it (replay overlap); `text` is its frame. */
-  function send (client: Client, ms: number, seq: number, text: string): void {
-    if (ms < client.lastMs || (ms === client.lastMs && seq <= client.lastSeq)) return
+  /** Writes the event unless this client already has it (replay overlap); `chunk` is its frame. Returns whether it wrote. */
+  function send (client: Client, ms: number, seq: number, chunk: Buffer | string): boolean {
+    if (ms < client.lastMs || (ms === client.lastMs && seq <= client.lastSeq)) return false
     client.lastMs = ms
     client.lastSeq = seq
-    counters.delivered++
-    write(client, text)
+    write(client, chunk)
+    return true
   }
 
   function deliver (event: SseEvent): void {
     const targets = byChannel.get(event.channel)
     if (targets === undefined) return
     const [ms, seq] = parseId(event.id)
-    const text = frame(event) // once per event, not per client
+    // Encoded once per event: a string would be measured and encoded again for every client.
+    const chunk = Buffer.from(frame(event))
+    let sent = 0
     for (const client of targets) {
       if (client.pending !== null) client.pending.push(event)
-      else send(client, ms, seq, text)
+      else if (send(client, ms, seq, chunk)) sent++
     }
+    counters.delivered += sent
   }
 
   let store: SseStore | null = null
@@ -279,7 +282,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       client.pending = null
       for (const event of pending) {
         const [ms, seq] = parseId(event.id)
-        send(client, ms, seq, frame(event))
+        if (send(client, ms, seq, frame(event))) counters.delivered++
       }
     },
 
