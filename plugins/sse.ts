@@ -57,6 +57,7 @@ declare module 'fastify' {
 export const CHANNEL_PATTERN = /^[A-Za-z0-9:_.-]{1,128}$/
 const EVENT_PATTERN = /^[A-Za-z0-9:_.-]{1,64}$/
 const MAX_CHANNELS_PER_STREAM = 20
+const PING = Buffer.from(': ping\n\n')
 
 interface Client {
   res: ServerResponse
@@ -66,6 +67,8 @@ interface Client {
   lastSeq: number
   /** Live events that arrive while the history is being replayed. */
   pending: SseEvent[] | null
+  /** Nothing written since the last heartbeat check. */
+  silent: boolean
 }
 
 /** One SSE frame: multi-line data becomes several `data:` lines. */
@@ -107,6 +110,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
 
   function write (client: Client, chunk: Buffer | string): void {
     if (client.res.destroyed) return
+    client.silent = false
     client.res.write(chunk)
     // A client that does not read would make us buffer without bound: cut it off.
     if (client.res.writableLength > settings.maxBufferBytes) {
@@ -159,9 +163,15 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
 
   function startHeartbeat (): void {
     if (heartbeat !== undefined) return
+    // Only streams that were silent since the last check need a ping (a busy
+    // stream costs nothing); checking twice per interval means no stream is
+    // silent for longer than SSE_HEARTBEAT_MS.
     heartbeat = setInterval(() => {
-      for (const client of clients) if (client.pending === null) write(client, ': ping\n\n')
-    }, settings.heartbeatMs)
+      for (const client of clients) {
+        if (client.silent && client.pending === null) write(client, PING)
+        client.silent = true
+      }
+    }, Math.max(1, Math.floor(settings.heartbeatMs / 2)))
   }
 
   function remove (client: Client): void {
@@ -243,7 +253,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       const res = reply.raw
       const resumeFrom = lastEventId !== null && isEventId(lastEventId) ? lastEventId : null
       const [resumeMs, resumeSeq] = resumeFrom !== null ? parseId(resumeFrom) : [-1, -1]
-      const client: Client = { res, channels: [...new Set(channels)], lastMs: resumeMs, lastSeq: resumeSeq, pending: [] }
+      const client: Client = { res, channels: [...new Set(channels)], lastMs: resumeMs, lastSeq: resumeSeq, pending: [], silent: false }
       clients.add(client)
       for (const channel of client.channels) {
         let set = byChannel.get(channel)

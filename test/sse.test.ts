@@ -55,6 +55,22 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
     t.ok(conn.comments.filter((c) => c === 'ping').length >= 1)
   })
 
+  t.test(`${tier}: only silent streams get heartbeats`, async (t) => {
+    const { app, url } = await serve(t, envFor({ SSE_HEARTBEAT_MS: 400 }))
+    const busy = await connectSse(t, `${url}/events/public:busy`)
+    const quiet = await connectSse(t, `${url}/events/public:quiet`)
+    // An event every 20 ms for 1.2 s: the busy stream is never silent for a whole check (every 200 ms).
+    let sent = 0
+    for (const until = Date.now() + 1200; Date.now() < until;) {
+      await app.sse.publish('public:busy', { n: sent++ })
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    await busy.waitFor(sent)
+    const pings = (conn: typeof busy): number => conn.comments.filter((c) => c === 'ping').length
+    t.ok(pings(quiet) >= 2, `the silent stream got pings (${pings(quiet)})`)
+    t.ok(pings(busy) <= 1, `the busy stream got none, or one in a stall (${pings(busy)})`)
+  })
+
   t.test(`${tier}: reconnecting with Last-Event-ID replays what was missed, no gap, no duplicate, while events keep flowing`, async (t) => {
     const { app, url } = await serve(t, envFor())
     const channel = 'public:replay'
