@@ -171,7 +171,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         if (client.silent && client.pending === null) write(client, PING)
         client.silent = true
       }
-    }, Math.max(1, Math.floor(settings.heartbeatMs / 2)))
+    }, Math.floor(settings.heartbeatMs / 2))
   }
 
   function remove (client: Client): void {

@@ -56,12 +56,13 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
   })
 
   t.test(`${tier}: only silent streams get heartbeats`, async (t) => {
-    const { app, url } = await serve(t, envFor({ SSE_HEARTBEAT_MS: 400 }))
+    const { app, url } = await serve(t, envFor({ SSE_HEARTBEAT_MS: 600 }))
     const busy = await connectSse(t, `${url}/events/public:busy`)
     const quiet = await connectSse(t, `${url}/events/public:quiet`)
-    // An event every 20 ms for 1.2 s: the busy stream is never silent for a whole check (every 200 ms).
+    // An event every 20 ms for 1.8 s: the busy stream is never silent for a whole check (every 300 ms);
+    // pinging every stream every interval, as before, gave it 3.
     let sent = 0
-    for (const until = Date.now() + 1200; Date.now() < until;) {
+    for (const until = Date.now() + 1800; Date.now() < until;) {
       await app.sse.publish('public:busy', { n: sent++ })
       await new Promise((resolve) => setTimeout(resolve, 20))
     }
