@@ -111,7 +111,7 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
     res.end(text)
   }
 
-  async function subscribe (req: http.IncomingMessage, res: http.ServerResponse, kind: 'subscribe' | 'psubscribe', target: string): Promise<void> {
+  async function subscribe (res: http.ServerResponse, kind: 'subscribe' | 'psubscribe', target: string): Promise<void> {
     requests.subscribe++
     const sub = redis.duplicate({ lazyConnect: true, enableOfflineQueue: false, autoResubscribe: false, commandTimeout: undefined, retryStrategy: () => null })
     sub.on('error', () => {})
@@ -122,7 +122,8 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
       sub.disconnect()
       if (!res.writableEnded) res.end()
     }
-    req.on('close', end)
+    // Not req's 'close': a request without a body is complete at once, and then it never fires when the client goes away.
+    res.on('close', end)
     sub.on('end', end) // when the backing Redis goes away the stream ends, as Upstash's does
     const write = (fields: string[]): void => {
       res.write(fields.join(',').split('\n').map((line) => `data: ${line}\n`).join('') + '\n')
@@ -153,7 +154,7 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
     const first = segments[0]?.toLowerCase()
 
     if ((first === 'subscribe' || first === 'psubscribe') && segments.length === 2) {
-      await subscribe(req, res, first, segments[1])
+      await subscribe(res, first, segments[1])
       return
     }
     if (first === 'pipeline' || first === 'multi-exec') {

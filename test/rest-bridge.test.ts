@@ -133,6 +133,14 @@ t.test('the REST bridge, driven by the real @upstash/redis client', async (t) =>
     t.same(received.at(-1), { headline: 'hello' })
   })
 
+  t.test('a subscriber that goes away releases its Redis subscription', async (t) => {
+    const sub = r.subscribe<string>(['leaving'])
+    await eventually(async () => (await r.publish('leaving', 'probe')) === 1, 3000, 'subscription')
+    await sub.unsubscribe() // aborts the event stream's request
+    await eventually(async () => (await r.publish('leaving', 'probe')) === 0, 3000, 'no receiver left')
+    t.equal(await r.publish('leaving', 'after'), 0, 'the bridge unsubscribed when the client went away')
+  })
+
   t.test('psubscribe delivers pattern messages with their channel', async (t) => {
     const sub = r.psubscribe<string>(['room:*'])
     const received: Array<{ channel: string, message: unknown }> = []
