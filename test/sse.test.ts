@@ -1,7 +1,9 @@
 import t, { type Test } from 'tap'
+import http from 'node:http'
 import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { EventSource } from 'eventsource'
+import { Redis } from 'ioredis'
 import { build, eventually, type Built } from './helpers/build'
 import { startRedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
@@ -187,6 +189,30 @@ for (const tier of ['tcp', 'rest'] as const) {
 }
 
 for (const tier of ['tcp', 'rest'] as const) {
+  t.test(`${tier}: 500 clients on 50 channels hold one Redis subscription, gone with the last client`, async (t) => {
+    const redis = await startRedisServer(t)
+    const rest = await startRestServer(t, redis)
+    const { app, url } = await serve(t, envForTier(tier, redis, rest, BASE))
+    const direct = new Redis(redis.url)
+    t.teardown(() => direct.disconnect())
+    const subscriptions = async (): Promise<number> => Number(((await direct.pubsub('NUMSUB', 'ssespec:sse:events')) as [string, number])[1])
+    const agent = new http.Agent({ maxSockets: Infinity })
+    t.teardown(() => agent.destroy())
+    const received = Array.from({ length: 500 }, () => 0)
+    const requests = received.map((_n, i) => http.get(`${url}/events/public:many${i % 50}`, { agent }, (res) => {
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { received[i] += chunk.split('\ndata: ').length - 1 })
+    }))
+    await eventually(() => app.sse.stats().clients === 500, 10_000, '500 streams')
+    t.equal(await subscriptions(), 1, 'one subscription in Redis for 500 clients (one connection on tcp, one event stream on rest)')
+    for (let c = 0; c < 50; c++) await app.sse.publish(`public:many${c}`, { c })
+    await eventually(() => received.every((n) => n === 1), 5000, 'each client its one event')
+    t.equal(received.reduce((a, b) => a + b, 0), 500)
+    for (const request of requests) request.destroy()
+    await eventually(async () => await subscriptions() === 0, 5000, 'the subscription dropped with the last client')
+    t.match(app.sse.stats(), { clients: 0, channels: 0 })
+  })
+
   t.test(`${tier}: Redis restarted while clients are connected`, async (t) => {
     const redis = await startRedisServer(t)
     const rest = await startRestServer(t, redis)
