@@ -1,7 +1,7 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
 import type { Redis } from 'ioredis'
 import { closeTcp } from './tcp'
-import { withTimeout } from './redis-commands'
+import { settledWithin, withTimeout } from './deadline'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './queue-backend'
 
 // BullMQ on the tcp tier, with the connections BullMQ requires and none that
@@ -17,6 +17,12 @@ export interface BullmqSettings {
   /** Key prefix; BullMQ's own default is `bull`. */
   prefix: string
   commandTimeoutMs: number
+  /**
+   * A job's lock (QUEUES_LOCK_MS), renewed every half of it while the job runs. A job whose
+   * worker died or was cut off at shutdown is found by the stalled check, which runs every
+   * half lock: it is back in the queue at most 1.5 locks after its worker stopped.
+   */
+  lockMs: number
   events: JobEvents
   onError: (err: Error) => void
 }
@@ -95,6 +101,8 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
         prefix: settings.prefix,
         concurrency,
         autorun: false,
+        lockDuration: settings.lockMs,
+        stalledInterval: Math.round(settings.lockMs / 2),
         // After a lost connection the worker loop waits this long before it fetches again (BullMQ default 15 s).
         runRetryDelay: 1000
       })
@@ -175,13 +183,14 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
       // it does not wait for jobs (a close() without force would, and a later close(true) only
       // joins it). A job cut off returns to the queue when its lock expires and runs again.
       const all = [...workers.values()]
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        Promise.all(all.map(async (w) => await w.pause().catch(() => {}))),
-        new Promise<void>((resolve) => { timer = setTimeout(resolve, drainMs) })
-      ])
-      clearTimeout(timer)
+      const pausing = all.map(async (w) => { await w.pause().catch(() => {}) })
+      await settledWithin(Promise.all(pausing), drainMs)
       await Promise.all(all.map(async (w) => await forceClose(w, settings.commandTimeoutMs)))
+      // A pause() that outlived the drain reconnects its worker's blocking connection once the
+      // last job ends, after close(true) has closed it, with no listener left: close it again then.
+      // An idle worker's pause ends within a round trip: wait for that, not for cut-off jobs.
+      const reclose = all.map(async (w, i) => { await pausing[i]; await w.disconnect().catch(() => {}) })
+      await settledWithin(Promise.all(reclose), settings.commandTimeoutMs)
       await Promise.all([...queues.values()].map(async (q) => await q.close().catch(() => {})))
       await closeTcp(producer, settings.commandTimeoutMs)
       workers.clear()
@@ -192,11 +201,5 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
 
 /** close(true) gives up on active jobs; if even that waits on a Redis that is away, cut the sockets. */
 async function forceClose (worker: Worker, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  const closed = await Promise.race([
-    worker.close(true).then(() => true, () => true),
-    new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
-  ])
-  clearTimeout(timer)
-  if (!closed) await worker.disconnect().catch(() => {})
+  if (!await settledWithin(worker.close(true), ms)) await worker.disconnect().catch(() => {})
 }

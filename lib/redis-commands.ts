@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { Command, type Redis } from 'ioredis'
 import type { Redis as UpstashRedis } from '@upstash/redis'
+import { withTimeout } from './deadline'
 
 // The few Redis commands the feature stores need, behind one interface so a
 // store is written once for tcp and rest. Every call has a deadline and is
@@ -16,25 +17,6 @@ export interface RedisCommands {
   publish: (channel: string, message: string) => Promise<number>
   /** Commands sent so far (round trips). */
   readonly sent: () => number
-}
-
-export class CommandTimeoutError extends Error {
-  code = 'ETIMEDOUT'
-  constructor (ms: number) {
-    super(`Redis did not answer within ${ms} ms`)
-  }
-}
-
-export async function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new CommandTimeoutError(ms)), ms) })
-    ])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 function sha1 (text: string): string {

@@ -2,6 +2,7 @@ import { once } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { TcpTarget } from './targets'
 import { ProbeTimeout } from './diagnose'
+import { withTimeout } from './deadline'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
 // that holds HTTP requests hostage, 20 retries per command, no command
@@ -93,14 +94,6 @@ export async function closeTcp (client: Redis, ms: number): Promise<void> {
 /** PING with its own deadline, independent of the client's command timeout. */
 export async function pingTcp (client: Redis, ms: number): Promise<number> {
   const started = performance.now()
-  let timer: NodeJS.Timeout | undefined
-  try {
-    await Promise.race([
-      client.ping(),
-      new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new ProbeTimeout(`no PING reply within ${ms} ms`)), ms) })
-    ])
-  } finally {
-    clearTimeout(timer)
-  }
+  await withTimeout(client.ping(), ms, () => new ProbeTimeout(`no PING reply within ${ms} ms`))
   return Math.round((performance.now() - started) * 100) / 100
 }

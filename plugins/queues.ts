@@ -8,7 +8,7 @@ import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
-import { withTimeout } from '../lib/redis-commands'
+import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
 
@@ -38,6 +38,8 @@ export interface Queues {
   readonly reason: string
   /** Whether this instance runs workers (QUEUES_WORKERS). */
   readonly workers: boolean
+  /** How long close() lets active jobs run before the workers are closed anyway (QUEUES_DRAIN_MS). */
+  readonly drainMs: number
   /** Declare a queue and how its jobs run. Producers and workers both define it; only workers run it. */
   define: <Data = unknown, Result = unknown>(name: string, processor: Processor<Data, Result>, opts?: DefineOptions) => void
   add: <Data = unknown>(name: string, data: Data, opts?: AddOptions) => Promise<{ id: string }>
@@ -74,6 +76,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   const variable = connections.variable
   const runWorkers = parseBooleanVariable(variable, 'QUEUES_WORKERS', true)
   const drainMs = parseIntegerVariable(variable, 'QUEUES_DRAIN_MS', 5000, 0, 3_600_000)
+  const lockMs = parseIntegerVariable(variable, 'QUEUES_LOCK_MS', 20_000, 1000, 3_600_000)
   const timeoutMs = parseIntegerVariable(variable, 'QUEUES_TIMEOUT_MS', connections.commandTimeoutMs, 1, 60_000)
   const fallback = parseChoiceVariable(variable, 'QUEUES_FALLBACK', ['memory', 'skip'] as const) ?? 'skip'
   const production = variable('NODE_ENV') === 'production'
@@ -133,6 +136,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       tcp: connections.tcp,
       prefix: `${prefix}:queues`,
       commandTimeoutMs: timeoutMs,
+      lockMs,
       events,
       onError: (err) => warn('queues-redis', `queues: ${connections.redact(err).message}`, { tier })
     })
@@ -151,16 +155,17 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     return backend
   }
 
-  /** Redis failures become 503s naming the cause (redacted); the job may or may not have been stored. */
-  async function call<T> (what: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Redis failures become 503s naming the cause (redacted); the job may or may not have been stored.
+   * The caller gets the reason (and the routes log it, rate-limited): no second log line here.
+   */
+  async function call<T> (fn: () => Promise<T>): Promise<T> {
     try {
       return await withTimeout(fn(), timeoutMs)
     } catch (err) {
       if (tier === 'memory') throw err
       counters.redisErrors++
-      const message = connections.redact(err).message
-      warn(`queues-${what}`, `queues ${what} failed: ${message}`)
-      return unavailable(`Redis did not answer (${message}); retry later`)
+      return unavailable(`Redis did not answer (${connections.redact(err).message}); retry later`)
     }
   }
 
@@ -177,6 +182,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     tier,
     reason: resolution.reason,
     workers: runWorkers,
+    drainMs,
 
     define (name, processor, options = {}) {
       if (!QUEUE_NAME.test(name)) throw new Error(`invalid queue name ${JSON.stringify(name)}: 1-64 letters, digits or _ . -`)
@@ -202,7 +208,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
         if (job.data === undefined) throw fastify.httpErrors.badRequest('job data is required (use null for none)')
         checkAddOptions(job.opts ?? {})
       }
-      const ids = await call('add', async () => await b.add(name, jobs.map((j) => ({ data: j.data, opts: j.opts ?? {} }))))
+      const ids = await call(async () => await b.add(name, jobs.map((j) => ({ data: j.data, opts: j.opts ?? {} }))))
       counters.added += ids.length
       return ids.map((id) => ({ id }))
     },
@@ -210,7 +216,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     async getJob<Data, Result> (name: string, id: string) {
       const b = use(name)
       if (typeof id !== 'string' || !JOB_ID.test(id)) return null
-      return await call('getJob', async () => await b.getJob(name, id)) as JobInfo<Data, Result> | null
+      return await call(async () => await b.getJob(name, id)) as JobInfo<Data, Result> | null
     },
 
     async schedule (name, repeat, data = null) {
@@ -220,32 +226,32 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       if (every === (rest.cron !== undefined)) throw fastify.httpErrors.badRequest('a schedule takes either `every` (ms) or `cron`')
       if (every && !(Number.isInteger(rest.every) && (rest.every ?? 0) >= 1)) throw fastify.httpErrors.badRequest('invalid every: an integer number of ms >= 1')
       if (!JOB_ID.test(id)) throw fastify.httpErrors.badRequest('invalid schedule id: 1-128 letters, digits or : _ . -')
-      return await call('schedule', async () => await b.schedule(name, id, rest, data))
+      return await call(async () => await b.schedule(name, id, rest, data))
     },
 
     async unschedule (name, id = name) {
       const b = use(name)
-      return await call('unschedule', async () => await b.unschedule(name, id))
+      return await call(async () => await b.unschedule(name, id))
     },
 
     async schedules (name) {
       const b = use(name)
-      return await call('schedules', async () => await b.schedules(name))
+      return await call(async () => await b.schedules(name))
     },
 
     async counts (name) {
       const b = use(name)
-      return await call('counts', async () => await b.counts(name))
+      return await call(async () => await b.counts(name))
     },
 
     async pause (name) {
       const b = use(name)
-      await call('pause', async () => await b.pause(name))
+      await call(async () => await b.pause(name))
     },
 
     async resume (name) {
       const b = use(name)
-      await call('resume', async () => await b.resume(name))
+      await call(async () => await b.resume(name))
     },
 
     names: () => [...channels.keys()],

@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
 import type { AddressInfo } from 'node:net'
+import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { build, eventually, type Built } from './helpers/build'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
@@ -13,7 +14,7 @@ import type { JobContext } from '../lib/queue-backend'
 // memory fallback, then instances, schedules, close and outages on tcp, and
 // the tiers where queues are skipped.
 
-const BASE = { REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, QUEUES_DRAIN_MS: 2000 }
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, QUEUES_DRAIN_MS: 2000 }
 const USER = { 'x-user-id': 'u1' }
 
 let namespaces = 0
@@ -360,4 +361,37 @@ t.test('tcp: no open handles after close()', async (t) => {
   await app.close()
   await eventually(() => handles() <= before, 3000, `handles back to ${before} (now ${handles()})`)
   t.ok(handles() <= before, 'every socket and timer the queues opened is gone')
+})
+
+t.test('tcp: a job cut off at shutdown runs again within 1.5 x QUEUES_LOCK_MS, as the README states', async (t) => {
+  const redis = await startRedisServer(t)
+  const env = { ...BASE, REDIS_URL: redis.url, QUEUES_PREFIX: `cut${namespaces++}`, QUEUES_LOCK_MS: 1000, QUEUES_DRAIN_MS: 0 }
+  let started = false
+  const a = await withQueues(t, env, queue('cut', async () => {
+    started = true
+    await new Promise(() => {}) // outlives the drain: cut off at close
+  }))
+  const { id } = await a.app.queues.add('cut', null)
+  await eventually(() => started, 5000, 'the job started on A')
+  await new Promise((resolve) => setTimeout(resolve, 600)) // at least one stalled check has seen it active
+  await a.app.close()
+  const cutAt = Date.now()
+  const direct = new Redis(redis.url)
+  t.teardown(() => direct.disconnect())
+  const names = String(await direct.client('LIST')).split('\n').map((line) => /name=(\S*)/.exec(line)?.[1] ?? '').filter((n) => n !== '')
+  t.same(names, [], 'close() left no connection behind, not even the idle report worker\'s blocking one')
+  const b = await withQueues(t, env, queue('cut', async () => 'done'))
+  const job = await finished(b.app, 'cut', id, 10_000)
+  const ms = Date.now() - cutAt
+  t.equal(job.result, 'done', 'B ran it')
+  t.ok(ms <= 1500 + 1000, `back in the queue and done ${ms} ms after the cut (1.5 x 1000 ms lock, + 1 s to fetch and run)`)
+})
+
+t.test('job ids of 128 characters reach the route, 129 are refused with a 400', async (t) => {
+  const { app } = await build(t, { ...BASE, QUEUES_FALLBACK: 'memory' })
+  const id = 'j'.repeat(128)
+  t.equal((await app.inject({ url: `/jobs/report/${id}`, headers: USER })).statusCode, 404, '128: looked up (no such job)')
+  const long = await app.inject({ url: `/jobs/report/${id}j`, headers: USER })
+  t.equal(long.statusCode, 400)
+  t.match(long.json(), { message: /id/ })
 })
