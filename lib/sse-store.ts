@@ -19,6 +19,8 @@ export interface Replay {
   events: SseEvent[]
   /** The id asked for is older than the retained history: the client must resync. */
   reset: boolean
+  /** The newest retained id of these channels (null: no history): an id beyond it was never sent. */
+  newest: string | null
 }
 
 export interface SseStore {
@@ -62,17 +64,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], cjson.encode({ c = ARGV[6], i = id, e = ARGV[2], d = ARGV[3] }))
 return id`
 
-// One round trip for every channel: entries after the id, the oldest
-// retained id and the length (a full stream whose oldest id is newer than
-// the one asked for has dropped events the client missed).
+// One round trip for every channel: entries after the id, the oldest and
+// newest retained ids and the length (a full stream whose oldest id is newer
+// than the one asked for has dropped events the client missed).
 const REPLAY_SCRIPT = `
 local out = {}
 for i = 1, #KEYS do
   local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
   local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)
-  local oldest = ''
+  local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  local oldest, newest = '', ''
   if first[1] then oldest = first[1][1] end
-  out[i] = { entries, oldest, redis.call('XLEN', KEYS[i]) }
+  if last[1] then newest = last[1][1] end
+  out[i] = { entries, oldest, redis.call('XLEN', KEYS[i]), newest }
 end
 return out`
 
@@ -90,19 +94,21 @@ export function redisSseStore (commands: RedisCommands, prefix: string, busChann
       return String(await commands.eval(PUBLISH_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs, busChannel, channel]))
     },
     async replay (channels, lastId) {
-      const raw = await commands.eval(REPLAY_SCRIPT, channels.map(key), [lastId]) as Array<[Array<[string, string[]]>, string, number]>
+      const raw = await commands.eval(REPLAY_SCRIPT, channels.map(key), [lastId]) as Array<[Array<[string, string[]]>, string, number, string]>
       const events: SseEvent[] = []
       let reset = false
+      let newest: string | null = null
       channels.forEach((channel, i) => {
-        const [entries, oldest, length] = raw[i]
+        const [entries, oldest, length, last] = raw[i]
         if (oldest !== '' && compareIds(lastId, String(oldest)) < 0 && Number(length) >= history.maxLength) reset = true
+        if (last !== '' && compareIds(String(last), newest) > 0) newest = String(last)
         for (const [id, fields] of entries) {
           const f: Record<string, string> = {}
           for (let j = 0; j + 1 < fields.length; j += 2) f[fields[j]] = fields[j + 1]
           events.push({ channel, id: String(id), event: f.e ?? '', data: f.d ?? '' })
         }
       })
-      return { events: sortEvents(events), reset }
+      return { events: sortEvents(events), reset, newest }
     }
   }
 }
@@ -136,13 +142,16 @@ export function memorySseStore (history: HistoryOptions, deliver: (event: SseEve
     async replay (channels, lastId) {
       const events: SseEvent[] = []
       let reset = false
+      let newest: string | null = null
       for (const channel of channels) {
         const ring = rings.get(channel)
         if (ring === undefined) continue
         if (ring.trimmed && compareIds(lastId, ring.events[0].id) < 0) reset = true
+        const last = ring.events[ring.events.length - 1].id
+        if (compareIds(last, newest) > 0) newest = last
         for (const e of ring.events) if (compareIds(e.id, lastId) > 0) events.push(e)
       }
-      return { events: sortEvents(events), reset }
+      return { events: sortEvents(events), reset, newest }
     }
   }
 }

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { redisSseStore, memorySseStore, parseId, isEventId, type SseEvent, type SseStore } from '../lib/sse-store'
+import { redisSseStore, memorySseStore, parseId, isEventId, compareIds, type Replay, type SseEvent, type SseStore } from '../lib/sse-store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
@@ -58,6 +58,21 @@ export const CHANNEL_PATTERN = /^[A-Za-z0-9:_.-]{1,128}$/
 const EVENT_PATTERN = /^[A-Za-z0-9:_.-]{1,64}$/
 const MAX_CHANNELS_PER_STREAM = 20
 const PING = Buffer.from(': ping\n\n')
+const RESET = 'event: reset\ndata: {}\n\n'
+const STREAM_HEADERS = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache, no-transform',
+  connection: 'keep-alive',
+  'x-accel-buffering': 'no'
+}
+
+/** Last-Event-ID, or `?lastEventId=` where the client cannot set headers (EventSource's first connect). */
+function lastEventId (request: FastifyRequest): string | null {
+  const header = request.headers['last-event-id']
+  if (typeof header === 'string' && header !== '') return header
+  const query = (request.query as Record<string, unknown> | undefined)?.lastEventId
+  return typeof query === 'string' && query !== '' ? query : null
+}
 
 interface Client {
   res: ServerResponse
@@ -104,8 +119,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   const byChannel = new Map<string, Set<Client>>()
   let heartbeat: NodeJS.Timeout | undefined
   let fanout: Promise<Unsubscribe> | null = null
-  /** Streams between "wants the fan-out" and "registered": the subscription must outlive them. */
-  let joining = 0
+  /** Slots taken by streams that are not registered yet (authorize, subscribe); the fan-out must outlive them. */
+  let reserved = 0
   let closing = false
 
   function write (client: Client, chunk: Buffer | string): void {
@@ -185,7 +200,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   function releaseWhenIdle (): void {
-    if (clients.size > 0 || joining > 0) return
+    if (clients.size > 0 || reserved > 0) return
     clearInterval(heartbeat)
     heartbeat = undefined
     const current = fanout
@@ -195,6 +210,50 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
 
   function unavailable (why: string): never {
     throw new FeatureUnavailableError('sse', why)
+  }
+
+  async function checkAuthorized (authorize: Authorize | undefined, request: FastifyRequest, channels: readonly string[]): Promise<void> {
+    if (authorize === undefined) return
+    for (const channel of channels) {
+      if (!(await authorize(request, channel))) throw fastify.httpErrors.forbidden(`not allowed to watch ${channel}`)
+    }
+  }
+
+  /**
+   * Replays what the client missed since `lastId`, then sends what arrived
+   * meanwhile (held in `pending`) minus what the replay already contained.
+   * Without an id there is nothing to replay. A malformed id, one older than
+   * the retained history, or one beyond the newest event (a client cannot have
+   * seen it: forged, or from another database) gets `event: reset`; live
+   * events then flow as to a new client.
+   */
+  async function resume (client: Client, lastId: string | null): Promise<void> {
+    if (lastId !== null && store !== null) {
+      const valid = isEventId(lastId)
+      let replay: Replay
+      try {
+        replay = valid ? await store.replay(client.channels, lastId) : { events: [], reset: true, newest: null }
+      } catch (err) {
+        counters.redisErrors++
+        warn('sse-replay', `sse replay failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+        replay = { events: [], reset: true, newest: null } // history unreachable: the client must resync
+      }
+      const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
+      // What the client has seen is not sent again (a lagging fan-out may still bring it), unless it cannot have seen it.
+      if (valid && !beyond) [client.lastMs, client.lastSeq] = parseId(lastId)
+      if (replay.reset || beyond) write(client, RESET)
+      for (const event of replay.events) {
+        [client.lastMs, client.lastSeq] = parseId(event.id)
+        counters.replayed++
+        write(client, frame(event))
+      }
+    }
+    const pending = client.pending ?? []
+    client.pending = null
+    for (const event of pending) {
+      const [ms, seq] = parseId(event.id)
+      if (send(client, ms, seq, frame(event))) counters.delivered++
+    }
   }
 
   const sse: Sse = {
@@ -214,8 +273,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         counters.published++
         return id
       } catch (err) {
-        counters.redisErrors++
-        warn('sse-publish', `sse publish failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+        counters.redisErrors++ // the caller gets the reason (and the routes log it, rate-limited)
         return unavailable(`Redis did not accept the event: ${connections.redact(err).message}`)
       }
     },
@@ -231,73 +289,44 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         if (!validChannel(channel)) throw fastify.httpErrors.badRequest('invalid channel name: 1-128 letters, digits or : _ . -')
       }
       const authorize = options.authorize ?? opts.authorize
-      if (authorize !== undefined) {
-        for (const channel of channels) {
-          if (!(await authorize(request, channel))) throw fastify.httpErrors.forbidden(`not allowed to watch ${channel}`)
-        }
+      // HEAD: the answer a GET would start with, at once, and no slot.
+      if (request.method === 'HEAD') {
+        await checkAuthorized(authorize, request, channels)
+        await reply.code(200).headers(STREAM_HEADERS).send()
+        return
       }
-      if (clients.size >= settings.maxClients) throw fastify.httpErrors.serviceUnavailable('too many event streams on this instance (SSE_MAX_CLIENTS); retry later')
-      const header = request.headers['last-event-id']
-      const query = (request.query as Record<string, unknown> | undefined)?.lastEventId
-      const lastEventId = typeof header === 'string' && header !== '' ? header : typeof query === 'string' && query !== '' ? query : null
-
-      // Listen before answering: once the client has our headers, nothing it is sent can be missed.
-      joining++
+      // The slot is taken before the first await, so a burst of connects cannot overshoot SSE_MAX_CLIENTS;
+      // it becomes the client's once the stream is registered, or is given back on any other way out.
+      if (clients.size + reserved >= settings.maxClients) unavailable('too many event streams on this instance (SSE_MAX_CLIENTS); retry later')
+      reserved++
+      let client: Client
       try {
+        await checkAuthorized(authorize, request, channels)
+        // Listen before answering: once the client has our headers, nothing it is sent can be missed.
         await ensureFanout()
+        if (request.raw.destroyed) return // gone while we subscribed
+        client = { res: reply.raw, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false }
+        clients.add(client)
       } finally {
-        joining--
+        reserved--
+        releaseWhenIdle()
       }
-      if (request.raw.destroyed) return releaseWhenIdle() // gone while we subscribed
       reply.hijack()
-      const res = reply.raw
-      const resumeFrom = lastEventId !== null && isEventId(lastEventId) ? lastEventId : null
-      const [resumeMs, resumeSeq] = resumeFrom !== null ? parseId(resumeFrom) : [-1, -1]
-      const client: Client = { res, channels: [...new Set(channels)], lastMs: resumeMs, lastSeq: resumeSeq, pending: [], silent: false }
-      clients.add(client)
+      const res = client.res
       for (const channel of client.channels) {
         let set = byChannel.get(channel)
         if (set === undefined) byChannel.set(channel, set = new Set())
         set.add(client)
       }
       res.on('close', () => remove(client))
-      res.writeHead(200, {
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        connection: 'keep-alive',
-        'x-accel-buffering': 'no'
-      })
+      res.writeHead(200, STREAM_HEADERS)
       res.write(`retry: ${settings.retryMs}\n\n`)
       // Node keeps the response head for the life of the response as a tree of
       // some 40 concatenated strings (0.5 KB per idle stream, measured with a
       // heap snapshot); reading it as a number makes V8 flatten it in place.
       void Number((res as unknown as { _header: unknown })._header)
       startHeartbeat()
-
-      // Whatever is published while the history is read waits in `pending`
-      // and is sent after the replay, minus what the replay already contained.
-      if (lastEventId !== null) {
-        try {
-          // A malformed id cannot be resumed from: the client must resync.
-          const replay = resumeFrom !== null ? await store.replay(client.channels, resumeFrom) : { events: [], reset: true }
-          if (replay.reset) write(client, 'event: reset\ndata: {}\n\n')
-          for (const event of replay.events) {
-            [client.lastMs, client.lastSeq] = parseId(event.id)
-            counters.replayed++
-            write(client, frame(event))
-          }
-        } catch (err) {
-          counters.redisErrors++
-          warn('sse-replay', `sse replay failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
-          write(client, 'event: reset\ndata: {}\n\n') // history unreachable: the client must resync
-        }
-      }
-      const pending = client.pending ?? []
-      client.pending = null
-      for (const event of pending) {
-        const [ms, seq] = parseId(event.id)
-        if (send(client, ms, seq, frame(event))) counters.delivered++
-      }
+      await resume(client, lastEventId(request))
     },
 
     stats () {
