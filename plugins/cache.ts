@@ -123,11 +123,14 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     client.getShared<StoredResponse>(key).then((hit) => hit !== undefined ? sendHit(reply, hit) : miss(request, reply, key, config, done), done)
   }
 
+  // The response is sent first: the write is best-effort (fail-open, bounded by CACHE_TIMEOUT_MS,
+  // errors counted), and a Redis that stalls must not add its timeout to every miss.
   function store (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, payload?: unknown) => void): void {
     const entry = pending.get(request)
-    if (entry === undefined) return done(null, payload)
+    done(null, payload)
+    if (entry === undefined) return
     pending.delete(request)
-    save(request, reply, payload, entry).then(() => done(null, payload), () => done(null, payload))
+    void save(request, reply, payload, entry)
   }
 
   async function save (request: FastifyRequest, reply: FastifyReply, payload: unknown, entry: { key: string, config: RouteCacheConfig }): Promise<void> {
