@@ -4,6 +4,7 @@ import { promisify } from 'node:util'
 import path from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
 import app, { type AppOptions } from '../app'
+import { ROUTER_OPTIONS } from '../lib/process-entry'
 import type { EnvInput } from '../lib/config'
 import type { Teardown } from '../test/helpers/redis-server'
 
@@ -20,7 +21,7 @@ export function teardownList (): Teardown & { run: () => Promise<void> } {
 }
 
 export async function bootApp (env: EnvInput, routes?: (fastify: FastifyInstance) => void, options: Omit<AppOptions, 'env' | 'processEnv'> = {}): Promise<FastifyInstance> {
-  const fastify = Fastify()
+  const fastify = Fastify({ routerOptions: ROUTER_OPTIONS })
   await fastify.register(app, { ...options, processEnv: false, env })
   routes?.(fastify)
   await fastify.ready()

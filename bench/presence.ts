@@ -34,7 +34,7 @@ export async function run (): Promise<void> {
         await direct.multi().zadd('bench-h:online', Date.now(), user).hset(`bench-h:info:${user}`, 'status', request.body?.status ?? 'online', 'lastSeen', Date.now()).exec()
         return { userId: user, online: true }
       })
-    })
+    }, { presence: { identify: (request) => String(request.headers['x-user-id']) } })
     let n = 0
     const heartbeat = (url: string) => async () => await app.inject({ method: 'POST', url, headers: { 'x-user-id': `user${n++ % USERS}`, 'content-type': 'application/json' }, payload: '{"status":"online"}' })
     await opsPerSecond(500, heartbeat('/presence/heartbeat'))

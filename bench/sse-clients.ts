@@ -53,3 +53,5 @@ process.on('message', (message: { cmd: string }) => {
   const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
   process.send?.({ received, lastAt, p50: at(0.5), p99: at(0.99) })
 })
+
+process.on('disconnect', () => process.exit(0)) // the bench runner is gone: never linger

@@ -16,7 +16,7 @@ const send = (message: unknown): void => { process.send?.(message) }
 
 async function ours (): Promise<{ port: number, publish: (channel: string, data: string) => Promise<unknown> }> {
   const fastify = Fastify()
-  await fastify.register(app, { processEnv: false, env: { REDIS_URL: redisUrl, SSE_MAX_CLIENTS: 100_000, SSE_PREFIX: 'bench-sse', QUEUES_ENABLED: false, SSE_MAX_BUFFER_BYTES: 16 * 1024 * 1024 } })
+  await fastify.register(app, { processEnv: false, demoRoutes: true, env: { REDIS_URL: redisUrl, SSE_MAX_CLIENTS: 100_000, SSE_PREFIX: 'bench-sse', QUEUES_ENABLED: false, SSE_MAX_BUFFER_BYTES: 16 * 1024 * 1024 } })
   await fastify.listen({ port: 0, host: '127.0.0.1' })
   return { port: (fastify.server.address() as AddressInfo).port, publish: async (channel, data) => await fastify.sse.publish(channel, data) }
 }
@@ -63,7 +63,9 @@ async function main (): Promise<void> {
       send({ rss: process.memoryUsage().rss })
     } else if (message.cmd === 'publish') {
       void (async () => {
-        const one = async (i: number): Promise<unknown> => await server.publish(`public:bench${i % (message.channels ?? 1)}`, JSON.stringify({ i, t: performance.timeOrigin + performance.now() }))
+        // A publish refused under load (503 past SSE_TIMEOUT_MS) is counted and reported, never fatal.
+        let refused = 0
+        const one = async (i: number): Promise<unknown> => await server.publish(`public:bench${i % (message.channels ?? 1)}`, JSON.stringify({ i, t: performance.timeOrigin + performance.now() })).catch(() => { refused++ })
         const indexes = Array.from({ length: message.count ?? 0 }, (_v, i) => i)
         if ((message.gapMs ?? 0) < 0) {
           // Bursts: fan-out, not the publisher, is the bottleneck.
@@ -74,11 +76,13 @@ async function main (): Promise<void> {
             await new Promise((resolve) => setTimeout(resolve, message.gapMs ?? 0))
           }
         }
-        send({ published: message.count })
+        send({ published: (message.count ?? 0) * ((message.gapMs ?? 0) < 0 ? (message.bursts ?? 1) : 1), refused })
       })()
     }
   })
   send({ port: server.port })
 }
+
+process.on('disconnect', () => process.exit(0)) // the bench runner is gone: never linger
 
 void main()
