@@ -6,21 +6,32 @@ import cache, { type CachePluginOptions } from './plugins/cache'
 import sse, { type SsePluginOptions } from './plugins/sse'
 import presence, { type PresencePluginOptions } from './plugins/presence'
 import queues, { type QueuesPluginOptions } from './plugins/queues'
+import { parseBooleanVariable } from './lib/config'
+import { ConfigError } from './lib/errors'
 import healthRoutes from './routes/health'
 import cacheDemoRoutes from './routes/cache'
-import eventRoutes from './routes/events'
+import eventRoutes, { demoUserId } from './routes/events'
 import presenceRoutes from './routes/presence'
 import jobRoutes from './routes/jobs'
+import { quietOutages } from './routes/outage-errors'
 
 // The whole ecosystem as one Fastify plugin: mount it with
 // `fastify.register(app, { env: { REDIS_URL: ... } })`; options override env.
+// Mounted with default options it adds /health and nothing that trusts a
+// header: the demo routes and their `x-user-id` identity are opt-in.
 
 export interface AppOptions extends ConnectionsOptions {
   /** Register the /health routes (default true). */
   healthRoutes?: boolean
-  /** Register /presence routes (default true). */
+  /**
+   * Register the /presence routes (default: when `presence.identify` is given, or with the demo).
+   * They trust whatever `identify` says, so they are never mounted without one.
+   */
   presenceRoutes?: boolean
-  /** Register the demo routes: /cache/demo, /events, /jobs/report and its `report` queue (default true). */
+  /**
+   * Register the demo routes (/cache/demo, /events, /jobs/report and its `report` queue, /presence)
+   * with the DEMO-ONLY `x-user-id` identity. Default: DEMO_ROUTES, else false.
+   */
   demoRoutes?: boolean
   cache?: CachePluginOptions
   sse?: SsePluginOptions
@@ -32,19 +43,37 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   // A host app may already use @fastify/sensible; registering it twice fails boot.
   if (!fastify.hasDecorator('httpErrors')) await fastify.register(sensible)
   await fastify.register(connections, { env: opts.env, processEnv: opts.processEnv })
+  const demo = opts.demoRoutes ?? parseBooleanVariable(fastify.connections.variable, 'DEMO_ROUTES', false)
+  const identify = opts.presence?.identify ?? (demo ? demoUserId : undefined)
+  const withPresenceRoutes = opts.presenceRoutes ?? identify !== undefined
+  if (withPresenceRoutes && identify === undefined) {
+    throw new ConfigError('Invalid configuration: presenceRoutes needs presence.identify(request), the user a request comes from (e.g. from a verified session); the routes never trust a header on their own')
+  }
   // Feature plugins come before routes: route options such as `config.cache` are read as routes are added.
   await fastify.register(cache, opts.cache ?? {})
   await fastify.register(sse, opts.sse ?? {})
-  await fastify.register(presence, opts.presence ?? {})
+  await fastify.register(presence, { ...opts.presence, identify })
   await fastify.register(queues, opts.queues ?? {})
-  if (opts.healthRoutes !== false) await fastify.register(healthRoutes)
-  if (opts.demoRoutes !== false) {
-    await fastify.register(cacheDemoRoutes)
-    await fastify.register(eventRoutes)
-    await fastify.register(jobRoutes)
+  // The routes share one encapsulated scope: its error handler keeps outages out of the host's error logs.
+  await fastify.register(async (routes) => {
+    quietOutages(routes)
+    if (opts.healthRoutes !== false) await routes.register(healthRoutes)
+    if (demo) {
+      await routes.register(cacheDemoRoutes)
+      await routes.register(eventRoutes)
+      await routes.register(jobRoutes)
+    }
+    if (withPresenceRoutes) await routes.register(presenceRoutes)
+  })
+  const maxParamLength = fastify.initialConfig.routerOptions?.maxParamLength ?? 100
+  if ((demo || withPresenceRoutes) && maxParamLength < 128) {
+    fastify.log.warn({ maxParamLength }, `the router's maxParamLength is ${maxParamLength}: channels, job ids and user ids of up to 128 characters will get 414; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
-  // Presence routes use the presence plugin's identify(): a host app passes its own (demo: x-user-id).
-  if (opts.presenceRoutes !== false) await fastify.register(presenceRoutes)
+  if (demo) {
+    fastify.addHook('onReady', async () => {
+      fastify.log.warn({ demoRoutes: true }, 'demo routes are mounted: the demo identity (x-user-id header) is active and must not face the internet; unset DEMO_ROUTES (or pass demoRoutes: false) in production')
+    })
+  }
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })

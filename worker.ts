@@ -1,16 +1,17 @@
 import app from './app'
-import { bootFailed, processFastify, readProcessSettings } from './lib/process-entry'
+import { bootFailed, demoRoutesWanted, processFastify, readProcessSettings } from './lib/process-entry'
 
 // `npm run worker`: the queue workers without the HTTP server. The app is
 // booted as server.ts boots it (same env, same queue definitions) but never
 // listens; QUEUES_WORKERS is forced on. On SIGTERM active jobs get
 // QUEUES_DRAIN_MS to finish (keep it below CLOSE_GRACE_MS). A worker whose
-// queues are skipped (no TCP Redis) has nothing to do: it says why and exits 1.
+// queues are skipped (no TCP Redis), or that defines none, has nothing to do:
+// it says why and exits 1.
 
 async function main (): Promise<void> {
   const settings = readProcessSettings()
   const fastify = processFastify(settings)
-  fastify.register(app, { env: { QUEUES_WORKERS: true } })
+  fastify.register(app, { demoRoutes: demoRoutesWanted(settings), env: { QUEUES_WORKERS: true } })
   try {
     await fastify.ready()
   } catch (err) {
@@ -18,6 +19,11 @@ async function main (): Promise<void> {
   }
   if (!fastify.queues.available) {
     fastify.log.fatal({ reason: fastify.queues.reason }, `queues are not available, this worker has nothing to do: ${fastify.queues.reason}`)
+    await fastify.close()
+    process.exit(1)
+  }
+  if (fastify.queues.names().length === 0) {
+    fastify.log.fatal('no queue is defined, this worker has nothing to do: the demo `report` queue is defined with the demo routes (DEMO_ROUTES=true)')
     await fastify.close()
     process.exit(1)
   }

@@ -6,8 +6,20 @@ import createError from '@fastify/error'
 /** Bad configuration: boot fails with this message, which names the variable and the fix. */
 export const ConfigError = createError<[string]>('REDIS_TIERS_CONFIG', '%s', 500)
 
-/** A feature that was skipped at boot, or whose tier is down right now: becomes 503 with the reason. */
-export const FeatureUnavailableError = createError<[string, string]>('REDIS_TIERS_FEATURE_UNAVAILABLE', '%s is unavailable: %s', 503)
+const FeatureUnavailableBase = createError<[string, string]>('REDIS_TIERS_FEATURE_UNAVAILABLE', '%s is unavailable: %s', 503)
+
+/**
+ * A feature that was skipped at boot, whose tier is down right now, or that is
+ * at capacity: becomes 503 with the reason. An expected state, not a bug: the
+ * routes log it at warn, rate-limited per `feature`, without a stack.
+ */
+export class FeatureUnavailableError extends FeatureUnavailableBase {
+  readonly feature: string
+  constructor (feature: string, reason: string) {
+    super(feature, reason)
+    this.feature = feature
+  }
+}
 
 /** REDIS_REQUIRED=true and no Redis tier answered the probe. */
 export const RedisRequiredError = createError<[string]>('REDIS_TIERS_REQUIRED', 'REDIS_REQUIRED=true but no Redis tier is reachable: %s', 500)

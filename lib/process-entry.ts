@@ -6,7 +6,14 @@ import envSchema from 'env-schema'
 // settings, JSON logs with credentials redacted, and a bounded graceful close
 // on SIGINT/SIGTERM (a hung close must not keep a PaaS deploy waiting).
 
-export interface ProcessSettings { PORT: number, HOST: string, LOG_LEVEL: string, CLOSE_GRACE_MS: number }
+export interface ProcessSettings {
+  PORT: number
+  HOST: string
+  LOG_LEVEL: string
+  CLOSE_GRACE_MS: number
+  NODE_ENV?: string
+  DEMO_ROUTES?: boolean
+}
 
 export const LOG_REDACT_PATHS = [
   'req.headers.authorization',
@@ -20,9 +27,9 @@ export const LOG_REDACT_PATHS = [
   '*.KV_REST_API_TOKEN'
 ]
 
-/** PORT, HOST, LOG_LEVEL, CLOSE_GRACE_MS from the environment; an invalid value ends the process with a message naming it. */
+/** PORT, HOST, LOG_LEVEL, CLOSE_GRACE_MS, NODE_ENV, DEMO_ROUTES from the environment; an invalid value ends the process with a message naming it. */
 export function readProcessSettings (): ProcessSettings {
-  const names = ['PORT', 'HOST', 'LOG_LEVEL', 'CLOSE_GRACE_MS']
+  const names = ['PORT', 'HOST', 'LOG_LEVEL', 'CLOSE_GRACE_MS', 'NODE_ENV', 'DEMO_ROUTES']
   try {
     return envSchema<ProcessSettings>({
       schema: {
@@ -31,7 +38,9 @@ export function readProcessSettings (): ProcessSettings {
           PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
           HOST: { type: 'string', default: '0.0.0.0' },
           LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-          CLOSE_GRACE_MS: { type: 'integer', minimum: 100, default: 10000 }
+          CLOSE_GRACE_MS: { type: 'integer', minimum: 100, default: 10000 },
+          NODE_ENV: { type: 'string' },
+          DEMO_ROUTES: { type: 'boolean' }
         }
       },
       data: Object.fromEntries(names.filter((k) => process.env[k] !== undefined && process.env[k] !== '').map((k) => [k, process.env[k]])),
@@ -43,12 +52,30 @@ export function readProcessSettings (): ProcessSettings {
   }
 }
 
+/**
+ * Channels, job ids and user ids are up to 128 characters, which Fastify's
+ * default `maxParamLength` (100) would answer with 414 before our own 400.
+ */
+export const ROUTER_OPTIONS = { maxParamLength: 256 }
+
+/** The demo server mounts the demo (and its header identity) unless NODE_ENV=production; DEMO_ROUTES decides either way. */
+export function demoRoutesWanted (settings: ProcessSettings): boolean {
+  return settings.DEMO_ROUTES ?? settings.NODE_ENV !== 'production'
+}
+
 /** A Fastify instance with JSON logs and a graceful close on signals and uncaught errors. */
 export function processFastify (settings: ProcessSettings): FastifyInstance {
-  const fastify = Fastify({ logger: { level: settings.LOG_LEVEL, redact: { paths: LOG_REDACT_PATHS, censor: '***' } } })
+  const fastify = Fastify({ routerOptions: ROUTER_OPTIONS, logger: { level: settings.LOG_LEVEL, redact: { paths: LOG_REDACT_PATHS, censor: '***' } } })
   closeWithGrace({ delay: settings.CLOSE_GRACE_MS, logger: fastify.log }, async ({ err }) => {
     if (err !== undefined) fastify.log.error({ err }, 'closing after an uncaught error')
     await fastify.close()
+  })
+  // close-with-grace kills the process when the close outlasts CLOSE_GRACE_MS: with workers
+  // draining for QUEUES_DRAIN_MS that is an exit 1 on every deploy. Say so at boot.
+  fastify.addHook('onReady', async () => {
+    if (!fastify.hasDecorator('queues') || !fastify.queues.workers || settings.CLOSE_GRACE_MS > fastify.queues.drainMs) return
+    fastify.log.warn({ CLOSE_GRACE_MS: settings.CLOSE_GRACE_MS, QUEUES_DRAIN_MS: fastify.queues.drainMs },
+      `CLOSE_GRACE_MS (${settings.CLOSE_GRACE_MS}) is not larger than QUEUES_DRAIN_MS (${fastify.queues.drainMs}): on SIGTERM the process would be killed while jobs drain; set CLOSE_GRACE_MS a few seconds above QUEUES_DRAIN_MS`)
   })
   return fastify
 }

@@ -14,7 +14,7 @@ export const presenceRequirement: FeatureRequirement = { feature: 'presence', ti
 export interface PresencePluginOptions {
   decorator?: string
   prefix?: string
-  /** Who is asking; no identity, no presence (401). Default: DEMO-ONLY `x-user-id` header. */
+  /** Who is asking (e.g. from a verified session); without it `identify()` answers undefined and the routes are not mounted. */
   identify?: (request: FastifyRequest) => string | undefined | Promise<string | undefined>
 }
 
@@ -50,11 +50,6 @@ const DEVICE = /^[A-Za-z0-9:_.-]{1,64}$/
 export const MAX_STATUS_LENGTH = 64
 export const MAX_META_BYTES = 1024
 export const SSE_CHANNEL = 'public:presence'
-
-function demoIdentify (request: FastifyRequest): string | undefined {
-  const header = request.headers['x-user-id']
-  return typeof header === 'string' ? header : undefined
-}
 
 async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOptions): Promise<void> {
   const decorator = claimFeatureDecorator(fastify, opts.decorator, 'presence')
@@ -106,21 +101,27 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     })
   }
 
-  /** Presence is state, not a cache: a Redis failure is a 503 with the reason, not a silent miss. */
+  /**
+   * Presence is state, not a cache: a Redis failure is a 503 with the reason, not a silent miss.
+   * The caller gets the reason (and the routes log it, rate-limited): no second log line here.
+   */
   async function call<T> (operation: string, fn: (s: PresenceStore) => Promise<T>): Promise<T> {
     if (store === null) throw new FeatureUnavailableError('presence', resolution.reason)
     try {
       return await fn(store)
     } catch (err) {
-      const message = connections.redact(err).message
-      warn(`presence-${operation}`, `presence ${operation} failed on ${tier ?? '?'}: ${message}`)
-      throw new FeatureUnavailableError('presence', `Redis did not answer the ${operation} (${message}); try again`)
+      throw new FeatureUnavailableError('presence', `Redis did not answer the ${operation} (${connections.redact(err).message}); try again`)
     }
   }
 
   function checkUser (userId: unknown): string {
     if (typeof userId !== 'string' || !USER_ID.test(userId)) throw fastify.httpErrors.badRequest('userId must be 1-128 letters, digits or : _ . @ -')
     return userId
+  }
+
+  function checkDevice (device: unknown): string {
+    if (typeof device !== 'string' || !DEVICE.test(device)) throw fastify.httpErrors.badRequest('device must be 1-64 letters, digits or : _ . -')
+    return device
   }
 
   const presence: Presence = {
@@ -131,8 +132,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       checkUser(userId)
       const status = options.status ?? 'online'
       if (typeof status !== 'string' || status.length > MAX_STATUS_LENGTH) throw fastify.httpErrors.badRequest(`status must be a string of at most ${MAX_STATUS_LENGTH} characters`)
-      const device = options.device ?? 'default'
-      if (typeof device !== 'string' || !DEVICE.test(device)) throw fastify.httpErrors.badRequest('device must be 1-64 letters, digits or : _ . -')
+      const device = checkDevice(options.device ?? 'default')
       const metaJson = JSON.stringify(options.meta ?? null)
       if (Buffer.byteLength(metaJson) > MAX_META_BYTES) throw fastify.httpErrors.badRequest(`meta must be JSON of at most ${MAX_META_BYTES} bytes`)
       const event = await call('heartbeat', async (s) => await s.heartbeat(userId, device, status, metaJson, Date.now()))
@@ -141,7 +141,8 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     },
     async leave (userId, options = {}) {
       checkUser(userId)
-      if (await call('leave', async (s) => await s.leave(userId, options.device ?? 'default', Date.now()))) toBrowsers({ type: 'leave', userId })
+      const device = checkDevice(options.device ?? 'default')
+      if (await call('leave', async (s) => await s.leave(userId, device, Date.now()))) toBrowsers({ type: 'leave', userId })
     },
     async isOnline (userId) {
       return (await presence.get(userId)) !== null
@@ -172,7 +173,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       return () => { set.delete(listener) }
     },
     async identify (request) {
-      const id = await (opts.identify ?? demoIdentify)(request)
+      const id = opts.identify !== undefined ? await opts.identify(request) : undefined
       return id !== undefined && USER_ID.test(id) ? id : undefined
     }
   }

@@ -23,6 +23,9 @@ export function demoMayUse (request: FastifyRequest, channel: string): boolean {
 
 interface ChannelRoute { Params: { channel: string }, Querystring: { event?: string } }
 
+/** A demo event is small: a large body would sit in Redis for SSE_HISTORY_TTL (1 h) per copy. */
+export const DEMO_EVENT_BODY_LIMIT = 64 * 1024
+
 export default async function eventRoutes (fastify: FastifyInstance): Promise<void> {
   const params = { type: 'object', properties: { channel: { type: 'string', minLength: 1, maxLength: 128 } }, required: ['channel'] }
 
@@ -31,6 +34,7 @@ export default async function eventRoutes (fastify: FastifyInstance): Promise<vo
   })
 
   fastify.post<ChannelRoute>('/events/:channel', {
+    bodyLimit: DEMO_EVENT_BODY_LIMIT,
     schema: { params, querystring: { type: 'object', properties: { event: { type: 'string', maxLength: 64 } } } }
   }, async (request, reply) => {
     if (!demoMayUse(request, request.params.channel)) throw fastify.httpErrors.forbidden(`not allowed to publish to ${request.params.channel}`)

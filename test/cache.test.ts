@@ -13,7 +13,7 @@ import type { HealthReport } from '../plugins/connections'
 // One specification of fastify.cache, run on tcp, rest and memory; then what
 // only makes sense with a shared Redis (several instances, faults, costs).
 
-const BASE = { REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, CACHE_TIMEOUT_MS: 200, CACHE_PREFIX: 'spec' }
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, CACHE_TIMEOUT_MS: 200, CACHE_PREFIX: 'spec' }
 
 function deferred (): { promise: Promise<void>, resolve: () => void } {
   let resolve = (): void => {}
@@ -325,4 +325,24 @@ t.test('decorator collisions and invalid settings fail boot with the fix', async
     post.post('/x', { config: { cache: { ttl: 1 } } }, async () => 'x')
     await post.ready()
   }, /only GET and HEAD responses can be cached/)
+})
+
+t.test('tcp: with Redis paused, a cached route answers within the read timeout plus the handler time', async (t) => {
+  const redis = await startRedisServer(t)
+  const route = async (f: FastifyInstance): Promise<void> => {
+    f.get('/slow', { config: { cache: { ttl: 60 } } }, async () => {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      return { ok: true }
+    })
+  }
+  const { app } = await build(t, { ...BASE, REDIS_URL: redis.url, CACHE_TIMEOUT_MS: 400 }, { plugins: [route] })
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const started = performance.now()
+  const res = await app.inject('/slow')
+  const ms = performance.now() - started
+  t.equal(res.statusCode, 200)
+  // read 400 + handler 50; waiting on the write as well would take 850
+  t.ok(ms < 400 + 50 + 250, `answered in ${ms.toFixed(0)} ms`)
+  await eventually(() => app.cache.stats().redisErrors >= 2, 3000, 'the background write timed out and was counted')
 })

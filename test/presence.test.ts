@@ -10,7 +10,7 @@ import type { PresenceEvent } from '../lib/presence-store'
 // fastify.presence: one spec per tier, then several instances and faults.
 // TTLs are short and expiry is awaited by polling with a deadline.
 
-const BASE = { REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, PRESENCE_TIMEOUT_MS: 300, PRESENCE_PREFIX: 'pspec', PRESENCE_TTL_MS: 300 }
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, PRESENCE_TIMEOUT_MS: 300, PRESENCE_PREFIX: 'pspec', PRESENCE_TTL_MS: 300 }
 const as = (user: string): Record<string, string> => ({ 'x-user-id': user })
 
 let namespaces = 0
@@ -151,4 +151,14 @@ t.test('a skipped presence still decorates and answers 503 with the reason', asy
   const res = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('gil'), payload: {} })
   t.equal(res.statusCode, 503)
   t.match(res.json(), { message: 'presence is unavailable: disabled by PRESENCE_ENABLED=false' })
+})
+
+t.test('the device name is validated on every route that takes it', async (t) => {
+  const { app } = await build(t, BASE)
+  const headers = { 'x-user-id': 'u1' }
+  const long = 'd'.repeat(5000)
+  t.equal((await app.inject({ method: 'DELETE', url: `/presence?device=${long}`, headers })).statusCode, 400, 'DELETE /presence')
+  t.equal((await app.inject({ method: 'DELETE', url: '/presence?device=bad%20name', headers })).statusCode, 400)
+  t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers, payload: { device: long } })).statusCode, 400, 'POST /presence/heartbeat')
+  t.equal((await app.inject({ method: 'DELETE', url: '/presence?device=phone', headers })).statusCode, 204, 'a valid one is accepted')
 })

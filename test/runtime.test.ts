@@ -5,6 +5,8 @@ import { build, eventually } from './helpers/build'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
 import app from '../app'
+import { quietOutages } from '../routes/outage-errors'
+import { FeatureUnavailableError } from '../lib/errors'
 import type { Bus } from '../lib/bus'
 import type { Tier } from '../lib/resolve-tier'
 import type { EnvInput } from '../lib/config'
@@ -206,6 +208,52 @@ t.test('mounting into a host app', async (t) => {
     t.equal(host.connections.tiers.tcp.reachable, true)
   })
 
+  t.test('a default mount adds /health and nothing that trusts a header', async (t) => {
+    const host = Fastify()
+    t.teardown(async () => await host.close())
+    await host.register(app, { processEnv: false })
+    await host.ready()
+    t.equal((await host.inject('/health')).statusCode, 200)
+    const headers = { 'x-user-id': 'admin' }
+    for (const [method, url] of [['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/jobs/report/1'],
+      ['POST', '/presence/heartbeat'], ['GET', '/presence/online'], ['DELETE', '/presence'], ['GET', '/presence/admin']] as const) {
+      t.equal((await host.inject({ method, url, headers, payload: method === 'POST' ? {} : undefined })).statusCode, 404, `${method} ${url}`)
+    }
+    t.equal(await host.presence.identify({ headers } as never), undefined, 'no identity without an identify option')
+    t.notOk(host.queues.names().includes('report'), 'no demo queue')
+  })
+
+  t.test('presence routes come with an identify option, and only with one', async (t) => {
+    const host = Fastify()
+    t.teardown(async () => await host.close())
+    await host.register(app, { processEnv: false, presence: { identify: (request) => request.headers.authorization === 'Bearer s3cret' ? 'u1' : undefined } })
+    await host.ready()
+    t.equal((await host.inject({ url: '/presence/online', headers: { 'x-user-id': 'u1' } })).statusCode, 200, 'mounted')
+    t.equal((await host.inject({ method: 'POST', url: '/presence/heartbeat', headers: { 'x-user-id': 'u1' }, payload: {} })).statusCode, 401, 'the header is not an identity')
+    t.equal((await host.inject({ method: 'POST', url: '/presence/heartbeat', headers: { authorization: 'Bearer s3cret' }, payload: {} })).statusCode, 200)
+    t.equal((await host.inject('/events/public:x')).statusCode, 404, 'no demo routes')
+
+    const refused = Fastify()
+    t.teardown(async () => await refused.close())
+    await t.rejects(async () => {
+      await refused.register(app, { processEnv: false, presenceRoutes: true })
+      await refused.ready()
+    }, { code: 'REDIS_TIERS_CONFIG', message: /presenceRoutes needs presence.identify/ })
+  })
+
+  t.test('with the demo on, the boot report warns that the demo identity is active', async (t) => {
+    const { app: demo, logs } = await build(t, { DEMO_ROUTES: true })
+    t.equal((await demo.inject({ url: '/presence/online', headers: { 'x-user-id': 'u1' } })).statusCode, 200)
+    t.ok(logs().some((l) => l.level === 40 && /demo identity \(x-user-id header\) is active and must not face the internet/.test(l.msg)))
+    const { logs: quiet } = await build(t, {})
+    t.notOk(quiet().some((l) => /demo identity/.test(l.msg)), 'no warning without the demo')
+  })
+
+  t.test('a router whose maxParamLength is below 128 is warned about when routes with ids are mounted', async (t) => {
+    const { logs } = await build(t, { DEMO_ROUTES: true }, { fastify: { routerOptions: { maxParamLength: 100 } } })
+    t.ok(logs().some((l) => l.level === 40 && /maxParamLength is 100/.test(l.msg)))
+  })
+
   t.test('a decorator already taken fails boot naming the likely owner', async (t) => {
     const host = Fastify()
     t.teardown(async () => await host.close())
@@ -225,6 +273,25 @@ t.test('mounting into a host app', async (t) => {
     t.equal((await host.inject('/health')).statusCode, 404)
     t.ok(host.connections)
   })
+})
+
+t.test('the routes log an outage 503 quietly and pass any other error to the parent handler', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const host = Fastify({ logger: { level: 'info', stream: { write: (line: string) => { lines.push(JSON.parse(line) as Record<string, unknown>) } } } })
+  t.teardown(async () => await host.close())
+  await host.register(async (scope) => {
+    quietOutages(scope)
+    scope.get('/down', async () => { throw new FeatureUnavailableError('demo', 'tcp is down') })
+    scope.get('/bug', async () => { throw new Error('a bug') })
+  })
+  for (let i = 0; i < 5; i++) t.equal((await host.inject('/down')).statusCode, 503)
+  const bug = await host.inject('/bug')
+  t.equal(bug.statusCode, 500)
+  const outage = lines.filter((l) => l.feature === 'demo')
+  t.equal(outage.length, 1, 'one line for five outages')
+  t.match(outage[0], { level: 40, msg: 'demo is unavailable: tcp is down' })
+  const error = lines.find((l) => l.level === 50)
+  t.match(error, { err: { message: 'a bug', stack: /a bug\n\s+at / } }, 'a 500 keeps its stack')
 })
 
 // Runs last (top-level tests run in order): everything above, faults included.

@@ -91,7 +91,7 @@ t.test('worker.ts runs the queue workers without HTTP, drains on SIGTERM, and ex
   const worker = startServer(t, env, 'worker.ts')
   await eventually(() => worker.lines().some((l) => l.msg === 'worker running: report on tcp'), 20000, `worker running; output so far: ${worker.output().slice(0, 500)}`)
   t.notOk(worker.lines().some((l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening')), 'no HTTP server')
-  const { app: producer } = await build(t, { ...env, QUEUES_WORKERS: false })
+  const { app: producer } = await build(t, { ...env, QUEUES_WORKERS: false, DEMO_ROUTES: true })
   const { id } = await producer.queues.add('report', { userId: 'w1', steps: 2, stepMs: 10 })
   await eventually(async () => (await producer.queues.getJob('report', id))?.state === 'completed', 10000, 'the worker process ran the job')
   t.match(await producer.queues.getJob('report', id), { result: { userId: 'w1', rows: 200 } })
@@ -103,4 +103,35 @@ t.test('worker.ts runs the queue workers without HTTP, drains on SIGTERM, and ex
   const [idleCode] = await once(idle.child, 'exit') as [number | null]
   t.equal(idleCode, 1)
   t.match(idle.output(), /queues are not available, this worker has nothing to do: queues need a TCP Redis \(REDIS_URL\); no Redis configured/)
+})
+
+const DEMO_PATHS = [['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/jobs/report/1'],
+  ['POST', '/presence/heartbeat'], ['GET', '/presence/online'], ['DELETE', '/presence'], ['GET', '/presence/u1']] as const
+
+t.test('NODE_ENV=production without DEMO_ROUTES: every demo path is 404, /health is 200, no demo warning', async (t) => {
+  const server = startServer(t, { NODE_ENV: 'production' })
+  const url = await listeningUrl(server)
+  for (const [method, path] of DEMO_PATHS) {
+    const post = method === 'POST'
+    const res = await fetch(`${url}${path}`, { method, headers: { 'x-user-id': 'admin', ...(post ? { 'content-type': 'application/json' } : {}) }, body: post ? '{}' : undefined })
+    t.equal(res.status, 404, `${method} ${path}`)
+  }
+  t.equal((await fetch(`${url}/health`)).status, 200)
+  t.notOk(server.lines().some((l) => /demo identity/.test(String(l.msg))), 'nothing to warn about')
+})
+
+t.test('NODE_ENV=production with DEMO_ROUTES=true: the demo is mounted and the boot report warns', async (t) => {
+  const server = startServer(t, { NODE_ENV: 'production', DEMO_ROUTES: 'true' })
+  const url = await listeningUrl(server)
+  t.equal((await fetch(`${url}/presence/online`, { headers: { 'x-user-id': 'u1' } })).status, 200)
+  t.match(server.lines().find((l) => /demo identity/.test(String(l.msg))), { level: 40, msg: /x-user-id header\) is active and must not face the internet/ })
+})
+
+t.test('a CLOSE_GRACE_MS not larger than QUEUES_DRAIN_MS is warned about at boot, naming both', async (t) => {
+  const server = startServer(t, { CLOSE_GRACE_MS: '3000', QUEUES_DRAIN_MS: '5000' })
+  await listeningUrl(server)
+  t.match(server.lines().find((l) => /CLOSE_GRACE_MS/.test(String(l.msg))), { level: 40, msg: /CLOSE_GRACE_MS \(3000\) is not larger than QUEUES_DRAIN_MS \(5000\)/ })
+  const fine = startServer(t, { CLOSE_GRACE_MS: '8000', QUEUES_DRAIN_MS: '5000' })
+  await listeningUrl(fine)
+  t.notOk(fine.lines().some((l) => /CLOSE_GRACE_MS/.test(String(l.msg))), 'no warning when the grace covers the drain')
 })

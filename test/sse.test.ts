@@ -16,7 +16,7 @@ import type { Tier } from '../lib/resolve-tier'
 // (inject cannot observe a long-lived stream): one spec per tier, then
 // several instances, faults, and a standards EventSource client.
 
-const BASE = { REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, SSE_PREFIX: 'ssespec', SSE_RETRY_MS: 1500 }
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, SSE_PREFIX: 'ssespec', SSE_RETRY_MS: 1500 }
 const USER = { 'x-user-id': 'u1' }
 
 async function serve (t: Test, env: EnvInput): Promise<Built & { url: string }> {
@@ -128,6 +128,53 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
     const third = await fetch(`${url}/events/public:cap`)
     t.equal(third.status, 503)
     t.match(await third.text(), /SSE_MAX_CLIENTS/)
+  })
+
+  t.test(`${tier}: a burst of 200 concurrent connects admits at most SSE_MAX_CLIENTS`, async (t) => {
+    const { app, url } = await serve(t, envFor({ SSE_MAX_CLIENTS: 20 }))
+    const agent = new http.Agent({ maxSockets: Infinity })
+    t.teardown(() => agent.destroy())
+    // Raw requests, all sent before any answer: the reconnect storm after a deploy.
+    const responses = await Promise.all(Array.from({ length: 200 }, async () => await new Promise<http.IncomingMessage>((resolve, reject) => {
+      http.get(`${url}/events/public:burst`, { agent }, resolve).on('error', reject)
+    })))
+    const admitted = responses.filter((r) => r.statusCode === 200)
+    t.equal(admitted.length, 20, 'exactly the cap is admitted')
+    t.equal(responses.filter((r) => r.statusCode === 503).length, 180, 'the rest is refused with 503')
+    t.equal(app.sse.stats().clients, 20)
+    for (const r of responses) r.destroy()
+    await eventually(() => app.sse.stats().clients === 0, 5000, 'every slot given back')
+    const again = await connectSse(t, `${url}/events/public:burst`)
+    t.equal(again.status, 200, 'refusals did not leak slots: a new stream is admitted')
+  })
+
+  t.test(`${tier}: a Last-Event-ID beyond the newest event gets a reset, then live events`, async (t) => {
+    const { app, url } = await serve(t, envFor())
+    await app.sse.publish('public:future', 'history')
+    for (const channel of ['public:future', 'public:future-empty']) {
+      const conn = await connectSse(t, `${url}/events/${channel}`, { 'last-event-id': '9999999999999-0' })
+      t.equal((await conn.waitFor(1))[0].event, 'reset', `${channel}: told to resync`)
+      await eventually(() => app.sse.stats().clients === 1, 3000, 'registered')
+      const id = await app.sse.publish(channel, 'live')
+      const events = await conn.waitFor(2)
+      t.same(events[1], { id, event: 'message', data: 'live' }, `${channel}: live events flow afterwards`)
+      conn.close()
+      await eventually(() => app.sse.stats().clients === 0, 3000, 'closed')
+    }
+  })
+
+  t.test(`${tier}: HEAD answers at once with the stream headers, no body, and holds no slot`, async (t) => {
+    const { app, url } = await serve(t, envFor({ SSE_MAX_CLIENTS: 1 }))
+    const started = performance.now()
+    const res = await fetch(`${url}/events/public:head`, { method: 'HEAD' })
+    const ms = performance.now() - started
+    t.equal(res.status, 200)
+    t.match(res.headers.get('content-type'), /^text\/event-stream/)
+    t.equal(await res.text(), '', 'no body')
+    t.ok(ms < 100, `answered in ${ms.toFixed(1)} ms`)
+    t.equal(app.sse.stats().clients, 0, 'no slot held')
+    t.equal((await connectSse(t, `${url}/events/public:head`)).status, 200, 'the only slot is still free')
+    t.equal((await fetch(`${url}/events/user:u2:x`, { method: 'HEAD' })).status, 403, 'HEAD is authorized like GET')
   })
 
   t.test(`${tier}: a client that stops reading is cut off instead of growing memory`, async (t) => {
@@ -257,4 +304,45 @@ t.test('a skipped sse still decorates and answers 503 with the reason', async (t
   t.equal(res.statusCode, 503)
   t.match(res.json(), { message: 'sse is unavailable: disabled by SSE_ENABLED=false' })
   await t.rejects(app.sse.publish('public:x', 1), { statusCode: 503, message: /disabled by SSE_ENABLED=false/ })
+})
+
+t.test('channels of 128 characters stream and publish through the routes; 129 are refused with our 400', async (t) => {
+  const { url } = await serve(t, BASE)
+  const ok = `public:${'c'.repeat(121)}`
+  t.equal(ok.length, 128)
+  const conn = await connectSse(t, `${url}/events/${ok}`)
+  t.equal(conn.status, 200)
+  const { id } = await post(url, ok, { n: 1 })
+  t.equal((await conn.waitFor(1))[0].id, id)
+  for (const [method, body] of [['GET', undefined], ['POST', '{}']] as const) {
+    const res = await fetch(`${url}/events/${ok}c`, { method, headers: { ...USER, 'content-type': 'application/json' }, body })
+    t.equal(res.status, 400, `${method} with 129 characters`)
+    t.match(await res.json(), { statusCode: 400, message: /channel/ })
+  }
+})
+
+t.test('the demo publish route caps its body at 64 KiB', async (t) => {
+  const { url } = await serve(t, BASE)
+  const res = await fetch(`${url}/events/public:big`, { method: 'POST', headers: { ...USER, 'content-type': 'application/json' }, body: JSON.stringify({ x: 'x'.repeat(64 * 1024) }) })
+  t.equal(res.status, 413)
+  t.equal((await fetch(`${url}/events/public:big`, { method: 'POST', headers: { ...USER, 'content-type': 'application/json' }, body: JSON.stringify({ x: 'x'.repeat(60 * 1024) }) })).status, 201)
+})
+
+t.test('tcp: 20 publishes refused during an outage log one stack-free warn line', async (t) => {
+  const redis = await startRedisServer(t)
+  const { app, url, logs } = await serve(t, { ...BASE, REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 300, SSE_TIMEOUT_MS: 300 })
+  await redis.stop()
+  const before = logs().length
+  for (let i = 0; i < 20; i++) {
+    const res = await fetch(`${url}/events/public:down`, { method: 'POST', headers: { ...USER, 'content-type': 'application/json' }, body: '{}' })
+    t.equal(res.status, 503, `publish ${i + 1} refused`)
+  }
+  const lines = logs().slice(before).filter((l) => l.level >= 40)
+  t.same(lines.filter((l) => l.level >= 50), [], 'nothing at error level')
+  const outage = lines.filter((l) => l.feature === 'sse')
+  t.equal(outage.length, 1, 'one line for 20 refusals')
+  t.equal(outage[0].level, 40)
+  t.match(outage[0].msg, /^sse is unavailable: Redis did not accept the event/)
+  t.notOk(JSON.stringify(lines).includes('    at '), 'no stack trace')
+  t.equal(app.sse.stats().redisErrors, 20, 'every refusal is still counted')
 })

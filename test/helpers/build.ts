@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream'
-import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify'
 import app from '../../app'
+import { ROUTER_OPTIONS } from '../../lib/process-entry'
 import type { EnvInput } from '../../lib/config'
 import type { Teardown } from './redis-server'
 
@@ -17,6 +18,8 @@ export interface Built {
 export interface BuildOptions {
   /** Extra plugins registered after the app (e.g. a test-only feature). */
   plugins?: FastifyPluginAsync[]
+  /** Fastify server options besides the logger (default: the servers' router options). */
+  fastify?: FastifyServerOptions
 }
 
 /**
@@ -28,7 +31,7 @@ export async function build (t: Teardown, env: EnvInput = {}, opts: BuildOptions
   const stream = new Writable({
     write (chunk: Buffer, _enc, done) { raw.push(chunk.toString()); done() }
   })
-  const fastify = Fastify({ logger: { level: 'info', stream } })
+  const fastify = Fastify({ routerOptions: ROUTER_OPTIONS, ...opts.fastify, logger: { level: 'info', stream } })
   t.teardown(async () => await fastify.close())
   await fastify.register(app, { env, processEnv: false })
   for (const plugin of opts.plugins ?? []) await fastify.register(plugin)
