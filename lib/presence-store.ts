@@ -5,7 +5,8 @@ import type { RedisCommands } from './redis-commands'
 // of devices per user, and a hash of status/meta/lastSeen; every operation is
 // one Lua script (one round trip, Upstash REST runs EVAL too), and the script
 // that changes presence publishes the event, so each event fires once no
-// matter how many instances sweep.
+// matter how many instances sweep. A sweep publishes one `leave` message
+// with the `userIds` of its whole batch.
 
 export type PresenceEventType = 'join' | 'leave' | 'status'
 
@@ -28,7 +29,7 @@ export interface PresenceStore {
   heartbeat: (userId: string, device: string, status: string, metaJson: string, now: number) => Promise<PresenceEventType | null>
   /** Removes a device; resolves true when that was the user's last one (a leave). */
   leave: (userId: string, device: string, now: number) => Promise<boolean>
-  /** Removes users whose last heartbeat is older than the TTL; idempotent across instances. */
+  /** Removes users whose last heartbeat is older than the TTL, at most SWEEP_BATCH per call on Redis; idempotent across instances. */
   sweep: (now: number) => Promise<string[]>
   count: (now: number) => Promise<number>
   /** Online users, most recent first. */
@@ -75,14 +76,18 @@ redis.call('HSET', KEYS[3], 'lastSeen', ARGV[3])
 redis.call('PUBLISH', ARGV[5], cjson.encode({ type = 'leave', userId = ARGV[1] }))
 return 1`
 
-// KEYS: online. ARGV: cutoff, key prefix, channel
+/** Users one sweep call removes at most: a bounded script, however many expired at once; the plugin calls again while calls come back full. */
+export const SWEEP_BATCH = 500
+
+// KEYS: online. ARGV: cutoff, key prefix, channel, batch. One leave message for the whole batch.
 const SWEEP = `
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
-for _, user in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], user)
-  redis.call('DEL', ARGV[2] .. 'dev:' .. user)
-  redis.call('PUBLISH', ARGV[3], cjson.encode({ type = 'leave', userId = user }))
-end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+if #gone == 0 then return gone end
+redis.call('ZREM', KEYS[1], unpack(gone))
+local devices = {}
+for i, user in ipairs(gone) do devices[i] = ARGV[2] .. 'dev:' .. user end
+redis.call('DEL', unpack(devices))
+redis.call('PUBLISH', ARGV[3], cjson.encode({ type = 'leave', userIds = gone }))
 return gone`
 
 // KEYS: online. ARGV: cutoff, offset, limit, key prefix
@@ -122,7 +127,7 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
       return Number(await commands.eval(LEAVE, keys(userId), [userId, device, now, times.ttlMs, channel])) === 1
     },
     async sweep (now) {
-      const gone = await commands.eval(SWEEP, [online], [cutoff(now), base, channel])
+      const gone = await commands.eval(SWEEP, [online], [cutoff(now), base, channel, SWEEP_BATCH])
       return Array.isArray(gone) ? gone.map(String) : []
     },
     async count (now) {

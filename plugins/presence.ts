@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { redisPresenceStore, memoryPresenceStore, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
+import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
@@ -91,7 +91,11 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   let stopListening: Unsubscribe | undefined
   if (commands !== null && tier !== null) {
     stopListening = await connections.bus(tier).subscribe(channel, (message) => {
-      const m = message as Partial<PresenceEvent> & { meta?: unknown } | null
+      const m = message as Partial<PresenceEvent> & { meta?: unknown, userIds?: unknown } | null
+      if (m !== null && typeof m === 'object' && m.type === 'leave' && Array.isArray(m.userIds)) {
+        for (const userId of m.userIds) if (typeof userId === 'string') emit({ type: 'leave', userId }) // a sweep's batch
+        return
+      }
       if (m === null || typeof m !== 'object' || typeof m.userId !== 'string' || (m.type !== 'join' && m.type !== 'leave' && m.type !== 'status')) return
       let meta: unknown = m.meta
       if (typeof meta === 'string') {
@@ -178,19 +182,37 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     }
   }
 
-  // Expiry: every instance sweeps; the script removes each user once and publishes its leave once.
+  // Expiry: every instance sweeps, every PRESENCE_TTL_MS / 2, until nothing expired is left (in
+  // batches of SWEEP_BATCH, each one round trip), so a leave is never later than half a TTL
+  // whatever the rate. The script removes each user once and publishes its leave once.
   let sweeper: NodeJS.Timeout | undefined
+  let sweeping = false
+  let closed = false
+  async function sweepExpired (active: PresenceStore): Promise<void> {
+    if (sweeping) return // the previous sweep is still draining
+    sweeping = true
+    try {
+      while (!closed) {
+        const gone = await active.sweep(Date.now())
+        for (const userId of gone) toBrowsers({ type: 'leave', userId })
+        if (gone.length < SWEEP_BATCH) break
+      }
+    } catch (err) {
+      warn('presence-sweep', `presence sweep failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+    } finally {
+      sweeping = false
+    }
+  }
   if (store !== null) {
     const active = store
-    sweeper = setInterval(() => {
-      active.sweep(Date.now()).then((gone) => { for (const userId of gone) toBrowsers({ type: 'leave', userId }) }, (err: Error) => warn('presence-sweep', `presence sweep failed on ${tier ?? '?'}: ${connections.redact(err).message}`))
-    }, Math.max(10, Math.floor(times.ttlMs / 2)))
+    sweeper = setInterval(() => { void sweepExpired(active) }, Math.max(10, Math.floor(times.ttlMs / 2)))
     sweeper.unref()
   }
 
   connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
   fastify.decorate(decorator, presence)
   fastify.addHook('onClose', async () => {
+    closed = true
     clearInterval(sweeper)
     await stopListening?.()
   })

@@ -162,3 +162,27 @@ t.test('the device name is validated on every route that takes it', async (t) =>
   t.equal((await app.inject({ method: 'POST', url: '/presence/heartbeat', headers, payload: { device: long } })).statusCode, 400, 'POST /presence/heartbeat')
   t.equal((await app.inject({ method: 'DELETE', url: '/presence?device=phone', headers })).statusCode, 204, 'a valid one is accepted')
 })
+
+for (const [tier, users] of [['tcp', 5000], ['rest', 1000]] as const) {
+  t.test(`${tier}: ${users} users stop heartbeating at once: each leave arrives once, within 1.5 x TTL + 1.5 s, with two instances sweeping`, async (t) => {
+    const redis = await startRedisServer(t)
+    const rest = await startRestServer(t, redis)
+    const ttlMs = 2000
+    const env = envForTier(tier, redis, rest, { ...BASE, PRESENCE_PREFIX: `mass${++namespaces}`, PRESENCE_TTL_MS: ttlMs, PRESENCE_TIMEOUT_MS: 5000 })
+    const a = await build(t, env)
+    const b = await build(t, env)
+    const leaves = new Map<string, number>()
+    b.app.presence.on('leave', (e) => leaves.set(e.userId, (leaves.get(e.userId) ?? 0) + 1))
+    for (let from = 0; from < users; from += 500) {
+      await Promise.all(Array.from({ length: Math.min(500, users - from) }, async (_v, i) => await a.app.presence.heartbeat(`user${from + i}`)))
+    }
+    const lastHeartbeat = Date.now()
+    const budgetMs = 1.5 * ttlMs + 1500
+    await eventually(() => leaves.size === users, budgetMs + 2000, `${users} leaves (got ${leaves.size})`)
+    const ms = Date.now() - lastHeartbeat
+    t.ok(ms <= budgetMs, `the last leave came ${ms} ms after the last heartbeat (budget ${budgetMs} ms)`)
+    await new Promise((resolve) => setTimeout(resolve, ttlMs)) // both instances sweep again meanwhile
+    t.same([...leaves.values()].filter((n) => n !== 1), [], 'each user left exactly once')
+    t.equal(await a.app.presence.count(), 0)
+  })
+}
