@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import { teardownList, bootApp, httpLoad, compare, opsPerSecond, pinToCores, row, type LoadResult } from './helpers'
 import { startRedisServer } from '../test/helpers/redis-server'
+import { INVALIDATE_BATCH } from '../lib/cache-store'
 
 // Cache benchmarks (issue targets in brackets), each against a baseline
 // measured in the same run:
@@ -110,5 +111,64 @@ export async function run (): Promise<void> {
   await bento.disconnect()
   bentoRedis.disconnect()
   await ours.close()
+  await invalidationStall(redis.url)
   await cleanups.run()
+}
+
+/** What the invalidation did before it was batched: every member of the tag in one script. */
+const ONE_SCRIPT_INVALIDATION = `
+local members = redis.call('SMEMBERS', KEYS[1])
+for _, k in ipairs(members) do redis.call('DEL', k) end
+redis.call('DEL', KEYS[1])
+return #members`
+
+/**
+ * (d) The longest Redis stall during invalidateTags of 20 000 keys: SLOWLOG gives each command's
+ * execution time inside Redis (noise from the host cannot move it), and a second client's PING
+ * round trips show what other clients wait. Baseline: the former one-script invalidation of
+ * the same 20 000 keys, in the same run. Target <= 10 ms.
+ */
+async function invalidationStall (url: string): Promise<void> {
+  const KEYS = 20_000
+  const direct = new Redis(url)
+  const app = await bootApp({ REDIS_URL: url, CACHE_PREFIX: 'bench-inv', CACHE_TIMEOUT_MS: 10_000 })
+  const slowest = async (fn: () => Promise<unknown>): Promise<{ commandMs: number, pingMs: number }> => {
+    await direct.config('SET', 'slowlog-log-slower-than', '0')
+    await direct.config('SET', 'slowlog-max-len', '100000')
+    await direct.slowlog('RESET')
+    let done = false
+    let pingMs = 0
+    const pinger = new Redis(url)
+    const pinging = (async () => {
+      while (!done) {
+        const started = performance.now()
+        await pinger.ping()
+        pingMs = Math.max(pingMs, performance.now() - started)
+      }
+    })()
+    await fn()
+    done = true
+    await pinging
+    pinger.disconnect()
+    const log = await direct.slowlog('GET', 100_000) as Array<[number, number, number, string[]]>
+    await direct.config('SET', 'slowlog-log-slower-than', '10000')
+    const commandMs = Math.max(...log.filter((entry) => !/^slowlog|^config/i.test(String(entry[3][0]))).map((entry) => Number(entry[2]) / 1000))
+    return { commandMs, pingMs }
+  }
+  for (let from = 0; from < KEYS; from += 1000) {
+    await Promise.all(Array.from({ length: 1000 }, async (_v, i) => await app.cache.set(`k${from + i}`, i, { ttl: 600, tags: ['all'] })))
+  }
+  const ours = await slowest(async () => await app.cache.invalidateTags(['all']))
+  for (let from = 0; from < KEYS; from += 10_000) {
+    const pipeline = direct.pipeline()
+    for (let i = from; i < from + 10_000; i++) pipeline.set(`bench-old:c:k${i}`, '{"v":1,"e":0}', 'PX', 600_000).sadd('bench-old:t:all', `bench-old:c:k${i}`)
+    await pipeline.exec()
+  }
+  const before = await slowest(async () => await direct.eval(ONE_SCRIPT_INVALIDATION, 1, 'bench-old:t:all'))
+  process.stdout.write(`\n(d) invalidateTags of ${KEYS} keys: the longest single command inside Redis (SLOWLOG), and another client's slowest PING\n`)
+  row('one script for the whole tag (before)', `${before.commandMs.toFixed(2)} ms / ${before.pingMs.toFixed(2)} ms`)
+  row(`batches of ${INVALIDATE_BATCH} (target <= 10 ms)`, `${ours.commandMs.toFixed(2)} ms / ${ours.pingMs.toFixed(2)} ms`)
+  process.stdout.write(`    ${ours.commandMs <= 10 ? 'met' : 'NOT met'}: longest command ${ours.commandMs.toFixed(2)} ms; ${(before.commandMs / ours.commandMs).toFixed(1)}x shorter than one script\n`)
+  direct.disconnect()
+  await app.close()
 }

@@ -5,7 +5,12 @@ import type { RedisCommands } from './redis-commands'
 // instances' L1, so a write costs one round trip even on Upstash REST.
 // Layout under the namespace `<prefix>`:
 //   <prefix>:c:<key>   the value envelope, with a TTL
-//   <prefix>:t:<tag>   a set of value keys carrying that tag, living at least as long as its longest member
+//   <prefix>:t:<tag>   a sorted set of value keys carrying that tag, scored by when each expires
+//                      (Redis's clock, so instances cannot disagree); members that expired are
+//                      pruned on every write to the tag and before an invalidation, so its size
+//                      follows the live entries; it lives as long as its longest member
+// Nothing here runs unbounded inside Redis: an invalidation deletes at most
+// INVALIDATE_BATCH keys per script call, clear() unlinks one SCAN page at a time.
 
 /** What is stored: the value and when it stops being fresh (it may be kept longer to serve stale on error). */
 export interface Envelope {
@@ -31,11 +36,18 @@ export interface CacheStore {
   clear: () => Promise<void>
 }
 
+/** Keys one invalidation call deletes at most, so that no single script holds Redis for long. */
+export const INVALIDATE_BATCH = 500
+
+// KEYS: value key, tag keys. ARGV: envelope, keep ms, channel, message.
 const SET_SCRIPT = `
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', keep)
 for i = 2, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('ZADD', KEYS[i], now + keep, KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -46,18 +58,31 @@ redis.call('DEL', unpack(KEYS))
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1`
 
+// KEYS: tag keys. ARGV: channel, instance id, value key prefix, batch. Deletes up to `batch`
+// live members of the tags, in order, and tells the other instances which; returns how many
+// members each tag has left and the keys removed.
 const INVALIDATE_SCRIPT = `
-local removed = {}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local budget = tonumber(ARGV[4])
 local cut = #ARGV[3] + 1
+local removed, left = {}, {}
 for i = 1, #KEYS do
-  local members = redis.call('SMEMBERS', KEYS[i])
-  for _, k in ipairs(members) do
-    if redis.call('DEL', k) == 1 then table.insert(removed, string.sub(k, cut)) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if budget > 0 then
+    local members = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
+    if #members > 0 then
+      redis.call('ZREM', KEYS[i], unpack(members))
+      budget = budget - #members
+      for _, k in ipairs(members) do
+        if redis.call('DEL', k) == 1 then table.insert(removed, string.sub(k, cut)) end
+      end
+    end
   end
-  redis.call('DEL', KEYS[i])
+  left[i] = redis.call('ZCARD', KEYS[i])
 end
 if #removed > 0 then redis.call('PUBLISH', ARGV[1], cjson.encode({ from = ARGV[2], keys = removed })) end
-return removed`
+return { left, removed }`
 
 export function escapeGlob (text: string): string {
   return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`)
@@ -78,17 +103,26 @@ export function redisCacheStore (commands: RedisCommands, prefix: string, channe
       await commands.eval(DEL_SCRIPT, keys.map(valueKey), [channel, message({ keys: [...keys] })])
     },
     async invalidateTags (tags) {
-      if (tags.length === 0) return []
-      const removed = await commands.eval(INVALIDATE_SCRIPT, tags.map(tagKey), [channel, instanceId, valueKey('')])
-      return Array.isArray(removed) ? removed.map(String) : []
+      const removed: string[] = []
+      let pending = [...new Set(tags)]
+      // Bounded by the first answer: writes that keep tagging during the invalidation cannot keep it going forever.
+      let calls = Infinity
+      for (let call = 0; pending.length > 0 && call < calls; call++) {
+        const [left, keys] = await commands.eval(INVALIDATE_SCRIPT, pending.map(tagKey), [channel, instanceId, valueKey(''), INVALIDATE_BATCH]) as [number[], string[]]
+        removed.push(...keys.map(String))
+        if (call === 0) calls = 1 + Math.ceil(left.reduce((n, l) => n + Number(l), 0) / INVALIDATE_BATCH)
+        pending = pending.filter((_tag, i) => Number(left[i]) > 0)
+      }
+      return removed
     },
     async clear () {
-      // SCAN + DEL only within our namespace: never FLUSHDB, never someone else's keys.
+      // SCAN + UNLINK only within our namespace: never FLUSHDB, never someone else's keys. UNLINK frees
+      // large tag sets in the background; each call removes one SCAN page.
       for (const kind of ['c', 't']) {
         let cursor = '0'
         do {
           const [next, keys] = await commands.scan(cursor, `${escapeGlob(prefix)}:${kind}:*`, 500)
-          if (keys.length > 0) await commands.del(keys)
+          if (keys.length > 0) await commands.unlink(keys)
           cursor = next
         } while (cursor !== '0')
       }

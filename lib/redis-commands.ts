@@ -13,7 +13,8 @@ export interface RedisCommands {
   /** Run a Lua script; tcp uses EVALSHA with an EVAL fallback, rest always EVAL (one round trip). */
   eval: (script: string, keys: string[], args: Array<string | number>) => Promise<unknown>
   scan: (cursor: string, match: string, count: number) => Promise<[string, string[]]>
-  del: (keys: string[]) => Promise<number>
+  /** DEL that frees the memory in the background (large sets do not stall Redis). */
+  unlink: (keys: string[]) => Promise<number>
   publish: (channel: string, message: string) => Promise<number>
   /** Commands sent so far (round trips). */
   readonly sent: () => number
@@ -51,7 +52,7 @@ export function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
       }
     },
     scan: async (cursor, match, count) => await send<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
-    del: async (keys) => await send<number>('del', [...keys]),
+    unlink: async (keys) => await send<number>('unlink', [...keys]),
     publish: async (channel, message) => await send<number>('publish', [channel, message]),
     sent: () => sent
   }
@@ -71,7 +72,7 @@ export function restCommands (client: UpstashRedis, timeoutMs: number): RedisCom
       const [next, keys] = await run(async () => await client.scan(cursor, { match, count }))
       return [String(next), keys]
     },
-    del: async (keys) => await run(async () => await client.del(...keys)),
+    unlink: async (keys) => await run(async () => await client.unlink(...keys)),
     publish: async (channel, message) => await run(async () => await client.publish(channel, message)),
     sent: () => sent
   }

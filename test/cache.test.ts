@@ -346,3 +346,65 @@ t.test('tcp: with Redis paused, a cached route answers within the read timeout p
   t.ok(ms < 400 + 50 + 250, `answered in ${ms.toFixed(0)} ms`)
   await eventually(() => app.cache.stats().redisErrors >= 2, 3000, 'the background write timed out and was counted')
 })
+
+for (const tier of ['tcp', 'rest'] as const) {
+  t.test(`${tier}: a tag forgets entries that expired: it holds no more members than live entries`, async (t) => {
+    const redis = await startRedisServer(t)
+    const rest = await startRestServer(t, redis)
+    const direct = new Redis(redis.url)
+    t.teardown(() => direct.disconnect())
+    const { app } = await build(t, envForTier(tier, redis, rest, { ...BASE, CACHE_PREFIX: 'prune', CACHE_TIMEOUT_MS: 5000 }))
+    await Promise.all(Array.from({ length: 300 }, async (_v, i) => await app.cache.set(`old${i}`, i, { ttl: '300ms', tags: ['feed'] })))
+    t.equal(await direct.zcard('prune:t:feed'), 300)
+    await eventually(async () => await direct.exists('prune:c:old0', 'prune:c:old299') === 0, 3000, 'the 300 entries expired')
+    for (let i = 0; i < 10; i++) await app.cache.set(`live${i}`, i, { ttl: 60, tags: ['feed'] })
+    t.equal(await direct.zcard('prune:t:feed'), 10, 'only the 10 live entries are members')
+    await app.cache.invalidateTags(['feed'])
+    t.equal(await direct.exists('prune:c:live0', 'prune:t:feed'), 0, 'and an invalidation still removes them')
+  })
+}
+
+t.test('tcp: invalidateTags on a tag of 20 000 members never holds Redis for 50 ms, and reaches the other instance', async (t) => {
+  const redis = await startRedisServer(t)
+  const direct = new Redis(redis.url)
+  t.teardown(() => direct.disconnect())
+  const env = { ...BASE, REDIS_URL: redis.url, CACHE_PREFIX: 'big', CACHE_TIMEOUT_MS: 5000 }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  for (let from = 0; from < 20_000; from += 1000) {
+    await Promise.all(Array.from({ length: 1000 }, async (_v, i) => await a.app.cache.set(`k${from + i}`, from + i, { ttl: 600, tags: ['all'] })))
+  }
+  t.equal(await direct.zcard('big:t:all'), 20_000)
+  t.equal(await b.app.cache.get('k7'), 7)
+  let done = false
+  let slowest = 0
+  const pinger = (async () => {
+    while (!done) {
+      const started = performance.now()
+      await direct.ping()
+      slowest = Math.max(slowest, performance.now() - started)
+    }
+  })()
+  await a.app.cache.invalidateTags(['all'])
+  done = true
+  await pinger
+  t.ok(slowest < 50, `another client's PING waited at most ${slowest.toFixed(1)} ms`)
+  t.equal(Number(await direct.eval("return #redis.call('KEYS', 'big:*')", 0)), 0, 'every entry and the tag are gone')
+  await eventually(async () => await b.app.cache.get('k7') === undefined, 2000, "B's L1 copy dropped by the invalidation message")
+})
+
+t.test('rest: a large invalidation goes in batches of 500 keys, one request each', async (t) => {
+  const redis = await startRedisServer(t)
+  const rest = await startRestServer(t, redis)
+  const direct = new Redis(redis.url)
+  t.teardown(() => direct.disconnect())
+  const { app } = await build(t, { ...BASE, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, CACHE_PREFIX: 'batched', CACHE_TIMEOUT_MS: 5000 })
+  for (let from = 0; from < 1200; from += 200) {
+    await Promise.all(Array.from({ length: 200 }, async (_v, i) => await app.cache.set(`k${from + i}`, i, { ttl: 600, tags: ['all'] })))
+  }
+  const requests = (): number => rest.requests.command + rest.requests.pipeline + rest.requests.multiExec
+  const before = requests()
+  await app.cache.invalidateTags(['all'])
+  t.equal(requests() - before, 3, '1 200 keys: 500 + 500 + 200')
+  t.equal(Number(await direct.eval("return #redis.call('KEYS', 'batched:*')", 0)), 0, 'all gone, tags included')
+})
