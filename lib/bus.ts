@@ -106,16 +106,3 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver) => BusT
     }
   }
 }
-
-/** In-process transport: a single instance's view, delivered asynchronously like Redis would. */
-export function memoryTransport (deliver: Deliver): BusTransport {
-  const listening = new Set<string>()
-  return {
-    async listen (channel) { listening.add(channel) },
-    async unlisten (channel) { listening.delete(channel) },
-    async publish (channel, text) {
-      if (listening.has(channel)) queueMicrotask(() => deliver(channel, text))
-    },
-    async close () { listening.clear() }
-  }
-}

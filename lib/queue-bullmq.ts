@@ -1,6 +1,6 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
 import type { Redis } from 'ioredis'
-import { closeTcp } from './tcp'
+import { closeTcp } from './tiers/tcp'
 import { settledWithin, withTimeout } from './deadline'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './queue-backend'
 

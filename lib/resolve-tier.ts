@@ -30,7 +30,8 @@ const TIER_LABEL: Record<RedisTier, string> = {
   rest: 'Upstash REST (UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN)'
 }
 
-function envPrefix (feature: string): string {
+/** CACHE for cache: the prefix of a feature's own variables (CACHE_TIER, CACHE_ENABLED). */
+export function envPrefix (feature: string): string {
   return feature.toUpperCase().replace(/[^A-Z0-9]+/g, '_')
 }
 

@@ -1,21 +1,31 @@
+import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { Redis as UpstashRedis } from '@upstash/redis'
-import { loadSettings, type EnvInput } from '../lib/config'
-import { tcpTarget, restTarget, type TargetResult } from '../lib/targets'
-import { probeTcp, closeTcp, pingTcp } from '../lib/tcp'
-import { probeRest, pingRest } from '../lib/rest'
-import { diagnose, type DiagnosisContext } from '../lib/diagnose'
+import { loadSettings, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
+import type { TargetResult } from '../lib/targets'
+import { diagnose } from '../lib/diagnose'
 import { redactError, redactText } from '../lib/redact'
-import { createBus, memoryTransport, type Bus } from '../lib/bus'
-import { tcpTransport } from '../lib/bus-tcp'
-import { restTransport } from '../lib/bus-rest'
-import { resolveTier, type FeatureRequirement, type RedisTier, type Resolution, type Tier } from '../lib/resolve-tier'
+import { createBus, type Bus } from '../lib/bus'
+import { resolveTier, envPrefix, type FeatureRequirement, type RedisTier, type Resolution, type Tier } from '../lib/resolve-tier'
 import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
-import { tcpCommands, restCommands, type RedisCommands } from '../lib/redis-commands'
+import type { RedisCommands } from '../lib/redis-commands'
 import { assertDecoratorFree } from '../lib/decorators'
+import type { TierDriver, TierTimeouts } from '../lib/tiers/driver'
+import { liveTier, emptyTierState, type LiveTier, type TierState } from '../lib/tiers/live'
+import { tcpTier } from '../lib/tiers/tcp'
+import { restTier } from '../lib/tiers/rest'
+import { memoryTransport } from '../lib/tiers/memory'
+
+type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
+
+/** Every Redis tier, best first: adding one is adding its driver here. */
+const TIER_DRIVERS: ReadonlyArray<{ tier: RedisTier, configure: ConfigureTier }> = [
+  { tier: 'tcp', configure: tcpTier as ConfigureTier },
+  { tier: 'rest', configure: restTier as ConfigureTier }
+]
 
 export interface ConnectionsOptions {
   /** Settings by env variable name; they override `process.env`. */
@@ -24,19 +34,7 @@ export interface ConnectionsOptions {
   processEnv?: boolean
 }
 
-/** What /health and the boot report say about one Redis tier. No secret in here. */
-export interface TierState {
-  configured: boolean
-  reachable: boolean
-  /** The variable it came from, e.g. REDIS_URL. */
-  source: string | null
-  /** Redacted address. */
-  endpoint: string | null
-  latencyMs: number | null
-  /** One sentence naming the variable and the fix. */
-  lastError: string | null
-  checkedAt: string | null
-}
+export type { TierState }
 
 export interface HealthReport {
   status: 'ok' | 'degraded' | 'down'
@@ -44,12 +42,24 @@ export interface HealthReport {
   features: Record<string, Resolution & Record<string, unknown>>
 }
 
+export interface TierChange {
+  tier: RedisTier
+  /** Whether the tier is reachable now. */
+  up: boolean
+  /** The diagnosis when it went down. */
+  reason: string | null
+  since: string
+}
+
 export interface Connections {
+  /** Each tier's live state: the same objects for the life of the app. */
   readonly tiers: Readonly<Record<RedisTier, TierState>>
-  /** The shared ioredis client (commands fail fast while disconnected), or null when tcp is not reachable. */
+  /** The shared ioredis client (commands fail fast while disconnected), or null until tcp has been reached. */
   readonly tcp: Redis | null
-  /** The shared @upstash/redis client, or null when rest is not reachable. */
+  /** The shared @upstash/redis client, or null until rest has been reached. */
   readonly rest: UpstashRedis | null
+  /** A tier went down or came back (each change once, after boot). Returns a function that removes the listener. */
+  onTierChange: (listener: (change: TierChange) => void) => () => void
   readonly commandTimeoutMs: number
   /** A setting by variable name (options override env), for feature plugins' own flags. */
   variable: (name: string) => string | undefined
@@ -79,10 +89,6 @@ declare module 'fastify' {
   }
 }
 
-function emptyState (): TierState {
-  return { configured: false, reachable: false, source: null, endpoint: null, latencyMs: null, lastError: null, checkedAt: null }
-}
-
 async function connections (fastify: FastifyInstance, opts: ConnectionsOptions): Promise<void> {
   const fix = 'register this app in its own encapsulated context (fastify.register without fastify-plugin) or remove the other plugin'
   assertDecoratorFree(fastify, 'connections', 'another connections plugin', fix)
@@ -91,150 +97,127 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const warn = rateLimitedWarn(log)
 
   const { connection: settings, env } = loadSettings(opts.processEnv === false ? {} : process.env, opts.env)
-  const secrets = [settings.REDIS_PASSWORD, settings.UPSTASH_REDIS_REST_TOKEN, settings.KV_REST_API_TOKEN]
-    .filter((s): s is string => s !== undefined)
-  const tcpCfg = tcpTarget(settings)
-  const restCfg = restTarget(settings)
-  if (tcpCfg.status === 'ok' && tcpCfg.target.password !== undefined) secrets.push(tcpCfg.target.password)
+  const read = (name: string): string | undefined => env[name]
+  const timeouts: TierTimeouts = { connectTimeoutMs: settings.REDIS_CONNECT_TIMEOUT_MS, commandTimeoutMs: settings.REDIS_COMMAND_TIMEOUT_MS }
+  const reprobeMaxMs = parseIntegerVariable(read, 'REDIS_REPROBE_MAX_MS', 5000, 250, 3_600_000)
+  const secrets = [settings.REDIS_PASSWORD, settings.UPSTASH_REDIS_REST_TOKEN, settings.KV_REST_API_TOKEN].filter((s): s is string => s !== undefined)
   const redact = (err: unknown): Error => redactError(err, secrets)
   const safe = (text: string): string => redactText(text, secrets)
-  const timeouts = { connectTimeoutMs: settings.REDIS_CONNECT_TIMEOUT_MS, commandTimeoutMs: settings.REDIS_COMMAND_TIMEOUT_MS }
 
-  const tiers: Record<RedisTier, TierState> = { tcp: emptyState(), rest: emptyState() }
-  function misconfigured (tier: RedisTier, result: TargetResult<unknown>): void {
-    if (result.status !== 'invalid') return
-    Object.assign(tiers[tier], { configured: true, source: result.variable, lastError: safe(result.diagnosis), checkedAt: new Date().toISOString() })
+  const tiers: Record<RedisTier, TierState> = { tcp: emptyTierState(), rest: emptyTierState() }
+  const drivers: Array<TierDriver<unknown>> = []
+  for (const { tier, configure } of TIER_DRIVERS) {
+    const result = configure(settings, timeouts)
+    if (result.status === 'ok') {
+      drivers.push(result.target)
+      secrets.push(...result.target.secrets)
+    } else if (result.status === 'invalid') {
+      // Misconfigured: reported with the fix, never dialled.
+      Object.assign(tiers[tier], { configured: true, source: result.variable, lastError: safe(result.diagnosis), checkedAt: new Date().toISOString() })
+    }
   }
-  misconfigured('tcp', tcpCfg)
-  misconfigured('rest', restCfg)
-
-  const tcpContext: DiagnosisContext | undefined = tcpCfg.status === 'ok'
-    ? {
-        tier: 'tcp',
-        variable: tcpCfg.target.source,
-        secretVariable: tcpCfg.target.source === 'REDIS_URL' ? 'REDIS_URL' : 'REDIS_PASSWORD',
-        endpoint: tcpCfg.target.display,
-        tls: tcpCfg.target.tls,
-        timeoutMs: timeouts.connectTimeoutMs
-      }
-    : undefined
-  const restContext: DiagnosisContext | undefined = restCfg.status === 'ok'
-    ? { tier: 'rest', variable: restCfg.target.urlVariable, secretVariable: restCfg.target.tokenVariable, endpoint: restCfg.target.display, tls: true, timeoutMs: timeouts.connectTimeoutMs }
-    : undefined
 
   // Probe once, in parallel, under one deadline.
   const started = performance.now()
-  const [tcpProbe, restProbe] = await Promise.all([
-    tcpCfg.status === 'ok' ? probeTcp(tcpCfg.target, timeouts, timeouts.connectTimeoutMs) : undefined,
-    restCfg.status === 'ok' ? probeRest(restCfg.target, timeouts.commandTimeoutMs, timeouts.connectTimeoutMs) : undefined
-  ])
+  const probes = await Promise.all(drivers.map(async (d) => await d.probe(timeouts.connectTimeoutMs)))
   const probeMs = Math.round(performance.now() - started)
-  const checkedAt = new Date().toISOString()
 
-  function recordProbe (tier: RedisTier, probe: { ok: boolean, latencyMs?: number, error?: Error } | undefined, ctx: DiagnosisContext | undefined): void {
-    if (probe === undefined || ctx === undefined) return
-    Object.assign(tiers[tier], {
-      configured: true,
-      source: ctx.variable,
-      endpoint: ctx.endpoint,
-      reachable: probe.ok,
-      latencyMs: probe.latencyMs ?? null,
-      lastError: probe.ok ? null : safe(diagnose(probe.error, ctx)),
-      checkedAt
-    })
-  }
-  recordProbe('tcp', tcpProbe, tcpContext)
-  recordProbe('rest', restProbe, restContext)
-  const tcp = tcpProbe?.client ?? null
-  const rest = restProbe?.client ?? null
-
-  if (settings.REDIS_REQUIRED && tcp === null && rest === null) {
-    const why = (['tcp', 'rest'] as const).map((t) => `${t}: ${tiers[t].lastError ?? 'not configured'}`).join('; ')
+  if (settings.REDIS_REQUIRED && !probes.some((p) => p.ok)) {
+    const why = (['tcp', 'rest'] as const).map((t) => {
+      const i = drivers.findIndex((d) => d.tier === t)
+      return `${t}: ${i >= 0 ? safe(diagnose(probes[i].error, drivers[i].context)) : (tiers[t].lastError ?? 'not configured')}`
+    }).join('; ')
     throw new RedisRequiredError(why)
   }
 
-  if (tcp !== null) {
-    tcp.on('error', (err: Error) => {
-      tiers.tcp.lastError = safe(tcpContext !== undefined ? diagnose(err, tcpContext) : redact(err).message)
-      warn('tcp-error', `tcp Redis error: ${tiers.tcp.lastError}`, { tier: 'tcp' })
+  const changes = new EventEmitter()
+  const live = new Map<RedisTier, LiveTier>()
+  drivers.forEach((driver, i) => {
+    const tier = liveTier(driver, probes[i], {
+      ...timeouts,
+      reprobeMaxMs,
+      diagnose: (err, ctx) => safe(diagnose(err, ctx)),
+      onChange (name, up, state) {
+        if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
+        else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
+        changes.emit('change', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
+      },
+      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name })
     })
-    tcp.on('close', () => { tiers.tcp.reachable = false })
-    tcp.on('ready', () => {
-      if (!tiers.tcp.reachable) log.info({ tier: 'tcp' }, 'tcp Redis connection is back')
-      tiers.tcp.reachable = true
-    })
-  }
+    live.set(driver.tier, tier)
+    tiers[driver.tier] = tier.state
+  })
+  const clientOf = (tier: Tier): unknown => tier === 'memory' ? null : live.get(tier)?.client() ?? null
 
   const buses = new Map<Tier, Bus>()
   const onBusError = (tier: Tier) => (err: Error) => warn(`bus-${tier}`, `${tier} pub/sub: ${redact(err).message}`, { tier })
   function bus (tier: Tier): Bus {
     const existing = buses.get(tier)
     if (existing !== undefined) return existing
-    let created: Bus
-    if (tier === 'tcp') {
-      if (tcp === null) throw new Error('tcp is not reachable; resolve a requirement before asking for its bus')
-      created = createBus('tcp', tcpTransport(tcp, timeouts.commandTimeoutMs, onBusError('tcp')), onBusError('tcp'))
-    } else if (tier === 'rest') {
-      if (rest === null || restCfg.status !== 'ok') throw new Error('rest is not reachable; resolve a requirement before asking for its bus')
-      created = createBus('rest', restTransport(rest, restCfg.target, timeouts.commandTimeoutMs, onBusError('rest')), onBusError('rest'))
-    } else {
-      created = createBus('memory', memoryTransport, onBusError('memory'))
-    }
+    const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
+    const client = clientOf(tier)
+    if (tier !== 'memory' && (driver === undefined || client === null)) throw new Error(`${tier} is not reachable; resolve a requirement before asking for its bus`)
+    const created = createBus(tier, driver !== undefined ? driver.transport(client, onBusError(tier)) : memoryTransport, onBusError(tier))
     buses.set(tier, created)
     return created
   }
 
   const features: Features = {}
+  const requirements = new Map<string, FeatureRequirement>()
   const details = new Map<string, () => Record<string, unknown> | Promise<Record<string, unknown>>>()
-  const availability = { tcp: { configured: tiers.tcp.configured, reachable: tcp !== null, diagnosis: tiers.tcp.lastError ?? undefined }, rest: { configured: tiers.rest.configured, reachable: rest !== null, diagnosis: tiers.rest.lastError ?? undefined } }
+
+  /** A feature on a lower tier than one of its own that is reachable now (and not forced there by <FEATURE>_TIER). */
+  function behind (name: string): RedisTier | undefined {
+    const requirement = requirements.get(name)
+    const resolution = features[name]
+    if (requirement === undefined || resolution?.status !== 'active' || read(`${envPrefix(name)}_TIER`) !== undefined) return undefined
+    const better = requirement.tiers.slice(0, resolution.tier === 'memory' ? undefined : requirement.tiers.indexOf(resolution.tier))
+    return better.find((t) => tiers[t].reachable)
+  }
 
   async function health (): Promise<HealthReport> {
-    const check = async (tier: RedisTier, ping: () => Promise<number>, ctx: DiagnosisContext | undefined): Promise<void> => {
-      try {
-        tiers[tier].latencyMs = await ping()
-        tiers[tier].reachable = true
-        tiers[tier].lastError = null
-      } catch (err) {
-        tiers[tier].reachable = false
-        tiers[tier].latencyMs = null
-        tiers[tier].lastError = safe(ctx !== undefined ? diagnose(err, { ...ctx, timeoutMs: timeouts.commandTimeoutMs, timeoutVariable: 'REDIS_COMMAND_TIMEOUT_MS' }) : String(err))
-      }
-      tiers[tier].checkedAt = new Date().toISOString()
-    }
     // Features' own figures (queue counts read Redis too) are gathered while the tiers are PINGed: one deadline, not two.
     const reported: HealthReport['features'] = {}
     const described = Promise.all(Object.entries(features).map(async ([name, resolution]) => {
-      reported[name] = { ...resolution, ...await details.get(name)?.() }
+      const better = behind(name)
+      reported[name] = {
+        ...resolution,
+        ...(better !== undefined ? { note: `${better} is reachable now; this feature moves to it after a restart` } : {}),
+        ...await details.get(name)?.()
+      }
     }))
-    // Only tiers that were reachable at boot hold connections the app relies on.
-    await Promise.all([
-      tcp !== null ? check('tcp', async () => await pingTcp(tcp, timeouts.commandTimeoutMs), tcpContext) : undefined,
-      rest !== null ? check('rest', async () => await pingRest(rest), restContext) : undefined,
-      described
-    ])
-    const inUse = [tcp !== null ? 'tcp' : null, rest !== null ? 'rest' : null].filter((t): t is RedisTier => t !== null)
-    const down = inUse.filter((t) => !tiers[t].reachable)
-    const bootFailures = (['tcp', 'rest'] as const).filter((t) => tiers[t].configured && !inUse.includes(t))
-    const status = down.length > 0 ? 'down' : bootFailures.length > 0 ? 'degraded' : 'ok'
-    return { status, tiers: structuredClone(tiers), features: reported }
+    await Promise.all([...[...live.values()].map(async (t) => await t.check()), described])
+    const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
+    const down = [...inUse].some((t) => !tiers[t].reachable)
+    const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable) || Object.keys(features).some((name) => behind(name) !== undefined)
+    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: structuredClone(tiers), features: reported }
   }
 
   fastify.decorate('features', features)
   fastify.decorate('connections', {
     tiers,
-    tcp,
-    rest,
+    get tcp () { return clientOf('tcp') as Redis | null },
+    get rest () { return clientOf('rest') as UpstashRedis | null },
+    onTierChange (listener) {
+      changes.on('change', listener)
+      return () => { changes.off('change', listener) }
+    },
     commandTimeoutMs: timeouts.commandTimeoutMs,
-    variable: (name: string) => env[name],
+    variable: read,
     commands (tier: Tier, timeoutMs: number): RedisCommands | null {
-      if (tier === 'tcp' && tcp !== null) return tcpCommands(tcp, timeoutMs)
-      if (tier === 'rest' && rest !== null) return restCommands(rest, timeoutMs)
-      return null
+      const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
+      const client = clientOf(tier)
+      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs) : null
     },
     bus,
     resolve (requirement: FeatureRequirement): Resolution {
-      const resolution = resolveTier(requirement, availability, (name) => env[name])
+      const availability = {
+        tcp: { configured: tiers.tcp.configured, reachable: tiers.tcp.reachable, diagnosis: tiers.tcp.lastError ?? undefined },
+        rest: { configured: tiers.rest.configured, reachable: tiers.rest.reachable, diagnosis: tiers.rest.lastError ?? undefined }
+      }
+      const resolution = resolveTier(requirement, availability, read)
       features[requirement.feature] = resolution
+      requirements.set(requirement.feature, requirement)
       return resolution
     },
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
@@ -245,7 +228,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   fastify.addHook('onReady', async () => {
     for (const tier of ['tcp', 'rest'] as const) {
       const s = tiers[tier]
-      const text = !s.configured ? 'not configured' : s.reachable ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}) in ${s.latencyMs ?? '?'} ms` : `unavailable: ${s.lastError ?? ''}`
+      const retried = live.has(tier) ? `; retrying in the background (at most every ${reprobeMaxMs} ms)` : ''
+      const text = !s.configured ? 'not configured' : s.reachable ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}) in ${s.latencyMs ?? '?'} ms` : `unavailable: ${s.lastError ?? ''}${retried}`
       const level = s.configured && !s.reachable ? 'warn' : 'info'
       log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs }, `tier ${tier}: ${text}`)
     }
@@ -260,9 +244,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   })
 
   fastify.addHook('onClose', async () => {
+    changes.removeAllListeners()
     await Promise.all([...buses.values()].map(async (b) => await b.close()))
     buses.clear()
-    if (tcp !== null) await closeTcp(tcp, timeouts.commandTimeoutMs)
+    await Promise.all([...live.values()].map(async (t) => await t.close()))
   })
 }
 

@@ -14,6 +14,8 @@ export interface RedisServerOptions {
   password?: string
   /** Keep an append-only file so that data survives restart() (the port and directory are kept). */
   appendonly?: boolean
+  /** Listen on this port (default: a free one), e.g. one an app was configured with before Redis started. */
+  port?: number
 }
 
 export interface RedisServer {
@@ -67,7 +69,7 @@ async function waitUntilAnswering (port: number, ms: number): Promise<void> {
 
 export async function startRedisServer (t: Teardown, opts: RedisServerOptions = {}): Promise<RedisServer> {
   const binary = findRedisServer()
-  const port = await freePort()
+  const port = opts.port ?? await freePort()
   const dir = mkdtempSync(path.join(tmpdir(), 'redis-tiers-test-'))
   const args = [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning',

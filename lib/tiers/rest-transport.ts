@@ -1,6 +1,6 @@
 import type { Redis as UpstashRedis } from '@upstash/redis'
-import type { BusTransport, Deliver } from './bus'
-import type { RestTarget } from './targets'
+import type { BusTransport, Deliver } from '../bus'
+import type { RestTarget } from '../targets'
 
 // Upstash REST serves SUBSCRIBE as one streaming POST per channel that emits
 // `data: subscribe,<channel>,<n>` and then `data: message,<channel>,<text>`.

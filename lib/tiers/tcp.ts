@@ -1,8 +1,13 @@
 import { once } from 'node:events'
-import { Redis, type RedisOptions } from 'ioredis'
-import type { TcpTarget } from './targets'
-import { ProbeTimeout } from './diagnose'
-import { withTimeout } from './deadline'
+import { createHash } from 'node:crypto'
+import { Command, Redis, type RedisOptions } from 'ioredis'
+import type { ConnectionSettings } from '../config'
+import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
+import type { RedisCommands } from '../redis-commands'
+import type { TierDriver, TierTimeouts } from './driver'
+import { tcpTransport } from './tcp-transport'
+import { ProbeTimeout } from '../diagnose'
+import { withTimeout } from '../deadline'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
 // that holds HTTP requests hostage, 20 retries per command, no command
@@ -11,12 +16,7 @@ import { withTimeout } from './deadline'
 
 export const MAX_RECONNECT_DELAY_MS = 5000
 
-export interface TcpTimeouts {
-  connectTimeoutMs: number
-  commandTimeoutMs: number
-}
-
-export function tcpOptions (target: TcpTarget, timeouts: TcpTimeouts): RedisOptions {
+export function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
   return {
     host: target.host,
     port: target.port,
@@ -54,7 +54,7 @@ export interface TcpProbeResult {
  * capped backoff); on failure it is disconnected so that nothing keeps
  * trying in the background.
  */
-export async function probeTcp (target: TcpTarget, timeouts: TcpTimeouts, deadlineMs: number): Promise<TcpProbeResult> {
+export async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: number): Promise<TcpProbeResult> {
   // During the probe the ready check (INFO) and PING get the whole deadline, then the runtime command timeout applies.
   const client = new Redis({ ...tcpOptions(target, timeouts), commandTimeout: deadlineMs })
   client.on('error', () => {}) // never an unhandled `error` event, even before the owner adds its listener
@@ -96,4 +96,75 @@ export async function pingTcp (client: Redis, ms: number): Promise<number> {
   const started = performance.now()
   await withTimeout(client.ping(), ms, () => new ProbeTimeout(`no PING reply within ${ms} ms`))
   return Math.round((performance.now() - started) * 100) / 100
+}
+
+function sha1 (text: string): string {
+  return createHash('sha1').update(text).digest('hex')
+}
+
+export function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
+  let sent = 0
+  // A Command whose timer we start ourselves: ioredis then keeps ours instead of
+  // adding its own (REDIS_COMMAND_TIMEOUT_MS), so each call costs one timer and no race.
+  function send<T> (name: string, args: Array<string | number>): Promise<T> {
+    sent++
+    const command = new Command(name, args, { replyEncoding: 'utf8' })
+    command.setTimeout(timeoutMs)
+    return client.sendCommand(command) as Promise<T>
+  }
+  const shas = new Map<string, string>()
+  return {
+    tier: 'tcp',
+    get: (key) => send<string | null>('get', [key]), // no async wrapper: this is the hot path of an L2 hit
+    async eval (script, keys, args) {
+      let sha = shas.get(script)
+      if (sha === undefined) {
+        sha = sha1(script)
+        shas.set(script, sha)
+      }
+      try {
+        return await send('evalsha', [sha, keys.length, ...keys, ...args])
+      } catch (err) {
+        if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
+        return await send('eval', [script, keys.length, ...keys, ...args])
+      }
+    },
+    scan: async (cursor, match, count) => await send<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
+    unlink: async (keys) => await send<number>('unlink', [...keys]),
+    publish: async (channel, message) => await send<number>('publish', [channel, message]),
+    sent: () => sent
+  }
+}
+
+/** The tcp tier, when REDIS_URL or REDIS_HOST configure one. */
+export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<Redis>> {
+  const result = tcpTarget(settings)
+  if (result.status !== 'ok') return result
+  const target = result.target
+  return {
+    status: 'ok',
+    target: {
+      tier: 'tcp',
+      context: {
+        tier: 'tcp',
+        variable: target.source,
+        secretVariable: target.source === 'REDIS_URL' ? 'REDIS_URL' : 'REDIS_PASSWORD',
+        endpoint: target.display,
+        tls: target.tls,
+        timeoutMs: timeouts.connectTimeoutMs
+      },
+      secrets: target.password !== undefined ? [target.password] : [],
+      probe: async (deadlineMs) => await probeTcp(target, timeouts, deadlineMs),
+      ping: pingTcp,
+      commands: tcpCommands,
+      transport: (client, onError) => tcpTransport(client, timeouts.commandTimeoutMs, onError),
+      watch (client, signals) {
+        // After a good probe ioredis reconnects forever with capped backoff; these events say when it is away and back.
+        client.on('error', (err: Error) => signals.down(err))
+        client.on('close', () => signals.down())
+        client.on('ready', () => signals.up())
+      },
+      close: async (client) => await closeTcp(client, timeouts.commandTimeoutMs)
+    }
+  }
 }

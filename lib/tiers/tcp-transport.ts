@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { BusTransport, Deliver } from './bus'
+import type { BusTransport, Deliver } from '../bus'
 import { closeTcp } from './tcp'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is

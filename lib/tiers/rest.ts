@@ -1,0 +1,101 @@
+import { Redis as UpstashRedis } from '@upstash/redis'
+import type { ConnectionSettings } from '../config'
+import { withTimeout } from '../deadline'
+import type { RedisCommands } from '../redis-commands'
+import { restTarget, type RestTarget, type TargetResult } from '../targets'
+import type { TierDriver, TierTimeouts } from './driver'
+import { restTransport } from './rest-transport'
+
+// @upstash/redis retries a failed fetch five times with exponential backoff
+// and has no timeout of its own; a signal *function* gives every request its
+// own deadline (a plain signal would be shared and, once aborted, turn every
+// later answer into the string "Aborted").
+
+export function createRestClient (target: RestTarget, commandTimeoutMs: number, retries = 1): UpstashRedis {
+  return new UpstashRedis({
+    url: target.url,
+    token: target.token,
+    retry: retries === 0 ? false : { retries, backoff: () => 50 },
+    signal: () => AbortSignal.timeout(commandTimeoutMs),
+    automaticDeserialization: false, // values round-trip as the strings we stored
+    enableTelemetry: false,
+    readYourWrites: false,
+    responseEncoding: 'base64'
+  })
+}
+
+export interface RestProbeResult {
+  ok: boolean
+  client?: UpstashRedis
+  latencyMs?: number
+  error?: Error
+}
+
+/** One PING, retries off, within the deadline. */
+export async function probeRest (target: RestTarget, commandTimeoutMs: number, deadlineMs: number): Promise<RestProbeResult> {
+  const probe = new UpstashRedis({
+    url: target.url,
+    token: target.token,
+    retry: false,
+    signal: () => AbortSignal.timeout(deadlineMs),
+    automaticDeserialization: false,
+    enableTelemetry: false
+  })
+  try {
+    const started = performance.now()
+    const reply = await probe.ping()
+    const latencyMs = Math.round((performance.now() - started) * 100) / 100
+    if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply).slice(0, 40)}`)
+    return { ok: true, client: createRestClient(target, commandTimeoutMs), latencyMs }
+  } catch (err) {
+    return { ok: false, error: err as Error }
+  }
+}
+
+export async function pingRest (client: UpstashRedis, ms: number): Promise<number> {
+  const started = performance.now()
+  const reply = await withTimeout(client.ping(), ms)
+  if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply).slice(0, 40)}`)
+  return Math.round((performance.now() - started) * 100) / 100
+}
+
+export function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
+  let sent = 0
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    sent++
+    return await withTimeout(fn(), timeoutMs)
+  }
+  return {
+    tier: 'rest',
+    get: async (key) => await run(async () => await client.get<string>(key)),
+    eval: async (script, keys, args) => await run(async () => await client.eval(script, keys, args.map(String))),
+    async scan (cursor, match, count) {
+      const [next, keys] = await run(async () => await client.scan(cursor, { match, count }))
+      return [String(next), keys]
+    },
+    unlink: async (keys) => await run(async () => await client.unlink(...keys)),
+    publish: async (channel, message) => await run(async () => await client.publish(channel, message)),
+    sent: () => sent
+  }
+}
+
+/** The rest tier, when UPSTASH_REDIS_REST_URL + _TOKEN (or Vercel's KV_REST_API_*) configure one. */
+export function restTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<UpstashRedis>> {
+  const result = restTarget(settings)
+  if (result.status !== 'ok') return result
+  const target = result.target
+  return {
+    status: 'ok',
+    target: {
+      tier: 'rest',
+      context: { tier: 'rest', variable: target.urlVariable, secretVariable: target.tokenVariable, endpoint: target.display, tls: true, timeoutMs: timeouts.connectTimeoutMs },
+      secrets: [target.token],
+      probe: async (deadlineMs) => await probeRest(target, timeouts.commandTimeoutMs, deadlineMs),
+      ping: pingRest,
+      commands: restCommands,
+      transport: (client, onError) => restTransport(client, target, timeouts.commandTimeoutMs, onError),
+      watch () {}, // HTTP has no connection to watch: /health pings and the re-probe tell
+      close: async () => {}
+    }
+  }
+}
