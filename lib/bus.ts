@@ -13,9 +13,11 @@ export interface Bus {
   /**
    * Registers `handler` and resolves once the channel is live. When Redis is
    * away the registration is kept and re-established when it returns; the
-   * failure is reported through `onError`, never thrown.
+   * failure is reported through `onError`, never thrown. `onResume` is called whenever the
+   * subscription is live again after a gap (a reconnect, a resubscribed stream): messages
+   * published during the gap were not delivered, so readers with a history catch up then.
    */
-  subscribe: (channel: string, handler: MessageHandler) => Promise<Unsubscribe>
+  subscribe: (channel: string, handler: MessageHandler, onResume?: () => void) => Promise<Unsubscribe>
   /** Rejects (fast) when the tier is down: callers decide whether that matters. */
   publish: (channel: string, message: unknown) => Promise<void>
   /** Channel -> number of local handlers. */
@@ -32,11 +34,13 @@ export interface BusTransport {
 }
 
 export type Deliver = (channel: string, text: string) => void
+/** The transport's subscription to `channel` is live again after a gap. */
+export type Resumed = (channel: string) => void
 
 export const MAX_CHANNEL_LENGTH = 256
 
-export function createBus (tier: Tier, makeTransport: (deliver: Deliver) => BusTransport, onError: (err: Error, channel: string) => void): Bus {
-  const channels = new Map<string, { handlers: Set<MessageHandler>, live: Promise<void> }>()
+export function createBus (tier: Tier, makeTransport: (deliver: Deliver, resumed: Resumed) => BusTransport, onError: (err: Error, channel: string) => void): Bus {
+  const channels = new Map<string, { handlers: Set<MessageHandler>, resumers: Set<() => void>, live: Promise<void> }>()
   let closed = false
 
   const deliver: Deliver = (channel, text) => {
@@ -56,7 +60,16 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver) => BusT
       }
     }
   }
-  const transport = makeTransport(deliver)
+  const resumed: Resumed = (channel) => {
+    for (const resume of [...(channels.get(channel)?.resumers ?? [])]) {
+      try {
+        resume()
+      } catch (err) {
+        onError(err as Error, channel)
+      }
+    }
+  }
+  const transport = makeTransport(deliver, resumed)
 
   function validate (channel: string): void {
     if (typeof channel !== 'string' || channel.length === 0 || channel.length > MAX_CHANNEL_LENGTH || /[\s*?[\]]/.test(channel)) {
@@ -66,16 +79,18 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver) => BusT
 
   return {
     tier,
-    async subscribe (channel, handler) {
+    async subscribe (channel, handler, onResume) {
       validate(channel)
       if (closed) throw new Error('the bus is closed')
       let entry = channels.get(channel)
       if (entry === undefined) {
         const live = transport.listen(channel).catch((err: Error) => onError(err, channel))
-        entry = { handlers: new Set(), live }
+        entry = { handlers: new Set(), resumers: new Set(), live }
         channels.set(channel, entry)
       }
       entry.handlers.add(handler)
+      const resume = onResume !== undefined ? () => onResume() : undefined // its own identity, even if passed twice
+      if (resume !== undefined) entry.resumers.add(resume)
       await entry.live
       let done = false
       return async () => {
@@ -84,6 +99,7 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver) => BusT
         const current = channels.get(channel)
         if (current === undefined) return
         current.handlers.delete(handler)
+        if (resume !== undefined) current.resumers.delete(resume)
         if (current.handlers.size === 0) {
           channels.delete(channel)
           if (!closed) await transport.unlisten(channel).catch((err: Error) => onError(err, channel))

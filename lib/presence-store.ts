@@ -38,7 +38,11 @@ export interface PresenceStore {
   get: (userId: string, now: number) => Promise<PresenceEntry | null>
   /** Last heartbeat, kept PRESENCE_LAST_SEEN_TTL after going offline. */
   lastSeen: (userId: string) => Promise<number | null>
+  /** Memory only: who is online here, to hand them over to a shared store when the feature is promoted. */
+  online?: (now: number) => OnlineUser[]
 }
+
+export interface OnlineUser { userId: string, status: string, metaJson: string, devices: Array<[device: string, lastHeartbeat: number]> }
 
 export interface PresenceTimes {
   ttlMs: number
@@ -151,13 +155,13 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
 
 interface MemoryUser { devices: Map<string, number>, status: string, meta: string, lastSeen: number }
 
-/** Memory tier: maps, swept by the plugin's timer; events go straight to `emit`. */
-export function memoryPresenceStore (times: PresenceTimes, emit: (event: PresenceEvent) => void): PresenceStore {
+/** Memory tier: maps, swept by the plugin's timer; events go out through `publish` (the memory bus), as the scripts publish theirs. */
+export function memoryPresenceStore (times: PresenceTimes, publish: (event: PresenceEvent) => void): PresenceStore {
   const users = new Map<string, MemoryUser>()
   const lastSeen = new Map<string, number>()
   const isOnline = (u: MemoryUser, now: number): boolean => u.lastSeen > now - times.ttlMs
   const toEntry = (userId: string, u: MemoryUser): PresenceEntry => ({ userId, status: u.status, meta: JSON.parse(u.meta) as unknown, lastSeen: u.lastSeen })
-  const event = (e: PresenceEvent): void => { queueMicrotask(() => emit(e)) }
+  const event = publish
   return {
     async heartbeat (userId, device, status, metaJson, now) {
       const existing = users.get(userId)
@@ -209,6 +213,9 @@ export function memoryPresenceStore (times: PresenceTimes, emit: (event: Presenc
     },
     async lastSeen (userId) {
       return lastSeen.get(userId) ?? null
+    },
+    online (now) {
+      return [...users].filter(([, u]) => isOnline(u, now)).map(([userId, u]) => ({ userId, status: u.status, metaJson: u.meta, devices: [...u.devices] }))
     }
   }
 }

@@ -11,6 +11,11 @@ export interface FeatureRequirement {
   fallback: 'memory' | 'skip'
   /** The env flag that turns the feature off, e.g. CACHE_ENABLED. */
   flag: string
+  /**
+   * What it does while its tier is down (default `unavailable`: 503 with the reason); the same
+   * on every tier. `<FEATURE>_ON_OUTAGE=memory` makes a memory-capable feature run in memory instead.
+   */
+  outage?: 'fail-open' | 'unavailable'
 }
 
 export type Resolution =

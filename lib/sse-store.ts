@@ -115,8 +115,14 @@ export function redisSseStore (commands: RedisCommands, prefix: string, busChann
 
 interface Ring { events: SseEvent[], trimmed: boolean }
 
-/** Memory tier: a ring buffer per channel; channels idle past the TTL are dropped (LRU-bounded). */
-export function memorySseStore (history: HistoryOptions, deliver: (event: SseEvent) => void): SseStore {
+/** The notice every store sends to every instance (the publish script's shape): channel, id, event, data. */
+export interface FanoutNotice { c: string, i: string, e: string, d: string }
+
+/**
+ * Memory tier: a ring buffer per channel; channels idle past the TTL are dropped (LRU-bounded).
+ * Events go out through `notify` (the memory bus), as the publish script sends them over Redis.
+ */
+export function memorySseStore (history: HistoryOptions, notify: (notice: FanoutNotice) => void): SseStore {
   const rings = new LRUCache<string, Ring>({ max: 10_000, ttl: history.ttlMs }) // lru-cache allocates `max` slots up front
   let lastMs = 0
   let seq = 0
@@ -136,7 +142,7 @@ export function memorySseStore (history: HistoryOptions, deliver: (event: SseEve
         ring.trimmed = true
       }
       rings.set(channel, ring) // refreshes the TTL
-      queueMicrotask(() => deliver(entry))
+      notify({ c: channel, i: entry.id, e: event, d: data })
       return entry.id
     },
     async replay (channels, lastId) {

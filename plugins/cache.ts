@@ -8,9 +8,10 @@ import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
-import type { FeatureRequirement } from '../lib/resolve-tier'
+import type { FeatureRequirement, Resolution } from '../lib/resolve-tier'
+import type { Unsubscribe } from '../lib/bus'
 
-export const cacheRequirement: FeatureRequirement = { feature: 'cache', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'CACHE_ENABLED' }
+export const cacheRequirement: FeatureRequirement = { feature: 'cache', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'CACHE_ENABLED', outage: 'fail-open' }
 
 export interface CachePluginOptions {
   /** Decorator name (default `cache`; @fastify/caching also uses `cache`). */
@@ -55,19 +56,17 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     l1MaxBytes: parseIntegerVariable(variable, 'CACHE_L1_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40)
   }
 
-  const resolution = connections.resolve(cacheRequirement)
   const log = fastify.log.child({ plugin: 'cache' })
   const warn = rateLimitedWarn(log)
-  let cache: Cache
-  let routeReader: Pick<CacheClient, 'peekShared' | 'getShared'> | undefined
-  let stopListening: (() => Promise<void>) | undefined
+  const instanceId = randomUUID()
+  const channel = `${prefix}:cache:invalidate`
 
-  if (resolution.status === 'skipped') {
-    cache = unavailableCache(resolution.reason)
-  } else {
+  /** The client of one resolution and the invalidation subscription it needs. */
+  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'getShared'>, stop?: Unsubscribe }
+
+  async function bindTo (resolution: Resolution): Promise<Binding> {
+    if (resolution.status === 'skipped') return { client: unavailableCache(resolution.reason) }
     const { tier } = resolution
-    const instanceId = randomUUID()
-    const channel = `${prefix}:cache:invalidate`
     const commands = connections.commands(tier, settings.timeoutMs)
     const client = createCache({
       tier,
@@ -81,17 +80,38 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
       commandsSent: () => commands?.sent() ?? 0,
       onStoreError: (err, operation) => warn(`cache-${operation}`, `cache ${operation} failed on ${tier}, served without Redis: ${connections.redact(err).message}`, { tier })
     })
-    if (tier !== 'memory') {
-      // Other instances' writes drop our L1 copies; a lost message is bounded by CACHE_L1_TTL.
-      stopListening = await connections.bus(tier).subscribe(channel, (message) => client.applyInvalidation(message))
-    }
-    cache = client
-    routeReader = client
+    // Other instances' writes drop our L1 copies; a lost message is bounded by CACHE_L1_TTL.
+    const stop = tier !== 'memory' ? await connections.bus(tier).subscribe(channel, (message) => client.applyInvalidation(message)) : undefined
+    return { client, reader: client, stop }
+  }
+
+  // A move starts a new client: memory entries were never shared and are dropped, L1 starts cold.
+  let binding = await bindTo(connections.resolve(cacheRequirement, async (next) => {
+    const fresh = await bindTo(next)
+    const old = binding
+    binding = fresh
+    await old.stop?.()
+  }))
+
+  // The decorator is the same object for the life of the app; the binding behind it moves.
+  const cache: Cache = {
+    get available () { return binding.client.available },
+    get tier () { return binding.client.tier },
+    get reason () { return binding.client.reason },
+    // Plain forwards (no async wrapper): one more promise per call would show on the L1-hit path.
+    get: (key) => binding.client.get(key),
+    set: (key, value, options) => binding.client.set(key, value, options),
+    del: (key) => binding.client.del(key),
+    has: (key) => binding.client.has(key),
+    getOrSet: (key, loader, options) => binding.client.getOrSet(key, loader, options),
+    invalidateTags: (tags) => binding.client.invalidateTags(tags),
+    clear: () => binding.client.clear(),
+    stats: () => binding.client.stats()
   }
 
   connections.describe('cache', () => ({ stats: cache.stats() }))
   fastify.decorate(decorator, cache)
-  fastify.addHook('onClose', async () => { await stopListening?.() })
+  fastify.addHook('onClose', async () => { await binding.stop?.() })
 
   // Route response caching: GET/HEAD routes opt in with `config.cache`.
   const pending = new WeakMap<FastifyRequest, { key: string, config: RouteCacheConfig }>()
@@ -112,7 +132,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   // builds an object per access): an L1 hit is answered synchronously, before
   // parsing, validation and the handler, without a promise per request.
   const reader = (config: RouteCacheConfig) => function read (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
-    const client = routeReader
+    const client = binding.reader
     if (client === undefined) return done()
     let key = `route:GET:${config.key !== undefined ? config.key(request) : request.url}`
     if (key.length > 400) key = `route:GET:sha1:${createHash('sha1').update(key).digest('hex')}`

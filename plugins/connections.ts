@@ -8,7 +8,8 @@ import type { TargetResult } from '../lib/targets'
 import { diagnose } from '../lib/diagnose'
 import { redactError, redactText } from '../lib/redact'
 import { createBus, type Bus } from '../lib/bus'
-import { resolveTier, envPrefix, type FeatureRequirement, type RedisTier, type Resolution, type Tier } from '../lib/resolve-tier'
+import type { FeatureRequirement, RedisTier, Tier } from '../lib/resolve-tier'
+import { featureBindings, type FeatureChange, type FeatureState, type Rebind } from '../lib/feature-bindings'
 import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { RedisCommands } from '../lib/redis-commands'
@@ -39,8 +40,10 @@ export type { TierState }
 export interface HealthReport {
   status: 'ok' | 'degraded' | 'down'
   tiers: Record<RedisTier, TierState>
-  features: Record<string, Resolution & Record<string, unknown>>
+  features: Record<string, FeatureState & Record<string, unknown>>
 }
+
+export type { FeatureChange, FeatureState, Rebind }
 
 export interface TierChange {
   tier: RedisTier
@@ -58,8 +61,11 @@ export interface Connections {
   readonly tcp: Redis | null
   /** The shared @upstash/redis client, or null until rest has been reached. */
   readonly rest: UpstashRedis | null
-  /** A tier went down or came back (each change once, after boot). Returns a function that removes the listener. */
-  onTierChange: (listener: (change: TierChange) => void) => () => void
+  /**
+   * `tier`: a tier went down or came back (each change once, after boot). `change`: a feature
+   * moved to another tier (after its rebind succeeded). Returns a function that removes the listener.
+   */
+  on: ((event: 'tier', listener: (change: TierChange) => void) => () => void) & ((event: 'change', listener: (change: FeatureChange) => void) => () => void)
   readonly commandTimeoutMs: number
   /** A setting by variable name (options override env), for feature plugins' own flags. */
   variable: (name: string) => string | undefined
@@ -70,8 +76,14 @@ export interface Connections {
   commands: (tier: Tier, timeoutMs: number) => RedisCommands | null
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
   bus: (tier: Tier) => Bus
-  /** Resolve a feature's requirement and record it in `fastify.features`. */
-  resolve: (requirement: FeatureRequirement) => Resolution
+  /**
+   * Resolve a feature's requirement and record it in `fastify.features`. Later moves (promotion when a
+   * better tier has been up for REDIS_HOLD_DOWN_MS, or memory on an outage with <FEATURE>_ON_OUTAGE=memory)
+   * call `rebind(next, previous)` first; the move is recorded only once it resolves.
+   */
+  resolve: (requirement: FeatureRequirement, rebind?: Rebind) => FeatureState
+  /** Resolves once every feature move under way is applied (tests, benchmarks). */
+  settled: () => Promise<void>
   /** Add a feature's own figures (counters, sizes, queue counts) to its entry in /health. */
   describe: (feature: string, details: () => Record<string, unknown> | Promise<Record<string, unknown>>) => void
   /** PING the tiers in use now, each with the command deadline. */
@@ -80,7 +92,7 @@ export interface Connections {
   redact: (err: unknown) => Error
 }
 
-export type Features = Record<string, Resolution>
+export type Features = Record<string, FeatureState>
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -100,6 +112,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const read = (name: string): string | undefined => env[name]
   const timeouts: TierTimeouts = { connectTimeoutMs: settings.REDIS_CONNECT_TIMEOUT_MS, commandTimeoutMs: settings.REDIS_COMMAND_TIMEOUT_MS }
   const reprobeMaxMs = parseIntegerVariable(read, 'REDIS_REPROBE_MAX_MS', 5000, 250, 3_600_000)
+  const holdDownMs = parseIntegerVariable(read, 'REDIS_HOLD_DOWN_MS', 1000, 0, 600_000)
   const secrets = [settings.REDIS_PASSWORD, settings.UPSTASH_REDIS_REST_TOKEN, settings.KV_REST_API_TOKEN].filter((s): s is string => s !== undefined)
   const redact = (err: unknown): Error => redactError(err, secrets)
   const safe = (text: string): string => redactText(text, secrets)
@@ -140,7 +153,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       onChange (name, up, state) {
         if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
         else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
-        changes.emit('change', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
+        changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
+        settle(name, up)
       },
       onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name })
     })
@@ -162,34 +176,53 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     return created
   }
 
-  const features: Features = {}
-  const requirements = new Map<string, FeatureRequirement>()
-  const details = new Map<string, () => Record<string, unknown> | Promise<Record<string, unknown>>>()
-
-  /** A feature on a lower tier than one of its own that is reachable now (and not forced there by <FEATURE>_TIER). */
-  function behind (name: string): RedisTier | undefined {
-    const requirement = requirements.get(name)
-    const resolution = features[name]
-    if (requirement === undefined || resolution?.status !== 'active' || read(`${envPrefix(name)}_TIER`) !== undefined) return undefined
-    const better = requirement.tiers.slice(0, resolution.tier === 'memory' ? undefined : requirement.tiers.indexOf(resolution.tier))
-    return better.find((t) => tiers[t].reachable)
+  // A tier counts as up for the resolver once it has stayed up for the hold-down, so that a
+  // flapping Redis does not make features flap; an outage counts at once.
+  const stable: Record<RedisTier, boolean> = { tcp: tiers.tcp.reachable, rest: tiers.rest.reachable }
+  const holdDown = new Map<RedisTier, NodeJS.Timeout>()
+  function settle (tier: RedisTier, up: boolean): void {
+    clearTimeout(holdDown.get(tier))
+    holdDown.delete(tier)
+    if (!up) {
+      stable[tier] = false
+      bindings.reresolve(`${tier} is down`)
+      return
+    }
+    const timer = setTimeout(() => {
+      holdDown.delete(tier)
+      stable[tier] = tiers[tier].reachable
+      if (stable[tier]) bindings.reresolve(`${tier} is reachable again`)
+    }, holdDownMs)
+    timer.unref()
+    holdDown.set(tier, timer)
   }
+  const bindings = featureBindings({
+    read,
+    availability: () => ({
+      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: tiers.tcp.lastError ?? undefined },
+      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: tiers.rest.lastError ?? undefined }
+    }),
+    isUp: (tier) => tiers[tier].reachable,
+    onChange (change, state) {
+      const line = `feature ${change.feature}: ${change.from ?? 'skipped'} -> ${change.to ?? 'skipped'} (${change.reason})`
+      log[state.tier === 'memory' ? 'warn' : 'info']({ feature: change.feature, from: change.from, to: change.to, transitions: state.transitions }, line)
+      changes.emit('change', change)
+    },
+    onRebindError: (feature, err) => warn(`rebind-${feature}`, `feature ${feature} could not move, it stays where it is: ${redact(err).message}`, { feature })
+  })
+  const features: Features = bindings.states
+  const details = new Map<string, () => Record<string, unknown> | Promise<Record<string, unknown>>>()
 
   async function health (): Promise<HealthReport> {
     // Features' own figures (queue counts read Redis too) are gathered while the tiers are PINGed: one deadline, not two.
     const reported: HealthReport['features'] = {}
-    const described = Promise.all(Object.entries(features).map(async ([name, resolution]) => {
-      const better = behind(name)
-      reported[name] = {
-        ...resolution,
-        ...(better !== undefined ? { note: `${better} is reachable now; this feature moves to it after a restart` } : {}),
-        ...await details.get(name)?.()
-      }
+    const described = Promise.all(Object.entries(features).map(async ([name, state]) => {
+      reported[name] = { ...state, ...await details.get(name)?.() }
     }))
     await Promise.all([...[...live.values()].map(async (t) => await t.check()), described])
     const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
     const down = [...inUse].some((t) => !tiers[t].reachable)
-    const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable) || Object.keys(features).some((name) => behind(name) !== undefined)
+    const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable)
     return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: structuredClone(tiers), features: reported }
   }
 
@@ -198,9 +231,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     tiers,
     get tcp () { return clientOf('tcp') as Redis | null },
     get rest () { return clientOf('rest') as UpstashRedis | null },
-    onTierChange (listener) {
-      changes.on('change', listener)
-      return () => { changes.off('change', listener) }
+    on (event: 'tier' | 'change', listener: (change: never) => void) {
+      const handler = listener as (change: unknown) => void
+      changes.on(event, handler)
+      return () => { changes.off(event, handler) }
     },
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: read,
@@ -210,16 +244,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       return driver !== undefined && client !== null ? driver.commands(client, timeoutMs) : null
     },
     bus,
-    resolve (requirement: FeatureRequirement): Resolution {
-      const availability = {
-        tcp: { configured: tiers.tcp.configured, reachable: tiers.tcp.reachable, diagnosis: tiers.tcp.lastError ?? undefined },
-        rest: { configured: tiers.rest.configured, reachable: tiers.rest.reachable, diagnosis: tiers.rest.lastError ?? undefined }
-      }
-      const resolution = resolveTier(requirement, availability, read)
-      features[requirement.feature] = resolution
-      requirements.set(requirement.feature, requirement)
-      return resolution
-    },
+    resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
+    settled: async () => await bindings.settled(),
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
     health,
     redact
@@ -237,13 +263,16 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     if (names.length === 0) log.info('features: none registered')
     for (const name of names) {
       const f = features[name]
-      const line = f.status === 'active' ? `feature ${name}: active on ${f.tier} (${f.reason})` : `feature ${name}: skipped (${f.reason})`
+      const line = f.status === 'active' ? `feature ${name}: active on ${f.tier} (${f.reason}; on outage: ${f.outage})` : `feature ${name}: skipped (${f.reason})`
       const level = f.status === 'skipped' || f.tier === 'memory' ? 'warn' : 'info'
-      log[level]({ feature: name, status: f.status, tier: f.tier, reason: f.reason }, line)
+      log[level]({ feature: name, status: f.status, tier: f.tier, reason: f.reason, outage: f.outage }, line)
     }
   })
 
   fastify.addHook('onClose', async () => {
+    bindings.close()
+    for (const timer of holdDown.values()) clearTimeout(timer)
+    holdDown.clear()
     changes.removeAllListeners()
     await Promise.all([...buses.values()].map(async (b) => await b.close()))
     buses.clear()

@@ -6,7 +6,8 @@ import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
-import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
+import type { RedisCommands } from '../lib/redis-commands'
 import type { Unsubscribe } from '../lib/bus'
 
 export const presenceRequirement: FeatureRequirement = { feature: 'presence', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'PRESENCE_ENABLED' }
@@ -62,8 +63,6 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
   const prefix = resolvePrefix(opts.prefix, 'PRESENCE_PREFIX', variable)
   const channel = `${prefix}:presence:events`
-  const resolution = connections.resolve(presenceRequirement)
-  const tier = resolution.status === 'active' ? resolution.tier : null
   const warn = rateLimitedWarn(fastify.log.child({ plugin: 'presence' }))
 
   const listeners = new Map<PresenceEventType, Set<PresenceListener>>()
@@ -83,34 +82,59 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${err.message}`))
   }
 
-  const commands = tier !== null ? connections.commands(tier, timeoutMs) : null
-  let store: PresenceStore | null = null
-  if (commands !== null) store = redisPresenceStore(commands, prefix, channel, times)
-  if (tier === 'memory') store = memoryPresenceStore(times, emit)
-
-  let stopListening: Unsubscribe | undefined
-  if (commands !== null && tier !== null) {
-    stopListening = await connections.bus(tier).subscribe(channel, (message) => {
-      const m = message as Partial<PresenceEvent> & { meta?: unknown, userIds?: unknown } | null
-      if (m !== null && typeof m === 'object' && m.type === 'leave' && Array.isArray(m.userIds)) {
-        for (const userId of m.userIds) if (typeof userId === 'string') emit({ type: 'leave', userId }) // a sweep's batch
-        return
-      }
-      if (m === null || typeof m !== 'object' || typeof m.userId !== 'string' || (m.type !== 'join' && m.type !== 'leave' && m.type !== 'status')) return
-      let meta: unknown = m.meta
-      if (typeof meta === 'string') {
-        try { meta = JSON.parse(meta) } catch { /* left as text */ }
-      }
-      emit({ type: m.type, userId: m.userId, ...(m.status !== undefined ? { status: m.status } : {}), ...(meta !== undefined ? { meta } : {}) })
-    })
+  function onEvent (message: unknown): void {
+    const m = message as Partial<PresenceEvent> & { meta?: unknown, userIds?: unknown } | null
+    if (m !== null && typeof m === 'object' && m.type === 'leave' && Array.isArray(m.userIds)) {
+      for (const userId of m.userIds) if (typeof userId === 'string') emit({ type: 'leave', userId }) // a sweep's batch
+      return
+    }
+    if (m === null || typeof m !== 'object' || typeof m.userId !== 'string' || (m.type !== 'join' && m.type !== 'leave' && m.type !== 'status')) return
+    let meta: unknown = m.meta
+    if (typeof meta === 'string') {
+      try { meta = JSON.parse(meta) } catch { /* left as text */ }
+    }
+    emit({ type: m.type, userId: m.userId, ...(m.status !== undefined ? { status: m.status } : {}), ...(meta !== undefined ? { meta } : {}) })
   }
+
+  /** The store of one resolution and its event subscription: the same event path on every tier. */
+  interface Binding { tier: Tier | null, reason: string, store: PresenceStore | null, commands: RedisCommands | null, stop?: Unsubscribe }
+
+  async function bindTo (resolution: Resolution): Promise<Binding> {
+    const tier = resolution.status === 'active' ? resolution.tier : null
+    if (tier === null) return { tier, reason: resolution.reason, store: null, commands: null }
+    const commands = tier === 'memory' ? null : connections.commands(tier, timeoutMs)
+    const memoryBus = connections.bus('memory')
+    const store = commands !== null
+      ? redisPresenceStore(commands, prefix, channel, times)
+      : memoryPresenceStore(times, (event) => { memoryBus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${err.message}`)) })
+    const stop = await connections.bus(tier).subscribe(channel, onEvent)
+    return { tier, reason: resolution.reason, store, commands, stop }
+  }
+
+  let binding = await bindTo(connections.resolve(presenceRequirement, async (next) => {
+    const fresh = await bindTo(next)
+    try {
+      // Users known only to this instance are written to the shared store, so that nobody appears to leave.
+      const handover = binding.store?.online?.(Date.now()) ?? []
+      for (let i = 0; i < handover.length; i += 100) {
+        await Promise.all(handover.slice(i, i + 100).flatMap((u) => u.devices.map(async ([device, at]) => await fresh.store?.heartbeat(u.userId, device, u.status, u.metaJson, at))))
+      }
+    } catch (err) {
+      await fresh.stop?.()
+      throw err
+    }
+    const old = binding
+    binding = fresh
+    await old.stop?.()
+  }))
 
   /**
    * Presence is state, not a cache: a Redis failure is a 503 with the reason, not a silent miss.
    * The caller gets the reason (and the routes log it, rate-limited): no second log line here.
    */
   async function call<T> (operation: string, fn: (s: PresenceStore) => Promise<T>): Promise<T> {
-    if (store === null) throw new FeatureUnavailableError('presence', resolution.reason)
+    const { store } = binding
+    if (store === null) throw new FeatureUnavailableError('presence', binding.reason)
     try {
       return await fn(store)
     } catch (err) {
@@ -129,9 +153,9 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   }
 
   const presence: Presence = {
-    available: store !== null,
-    tier,
-    reason: resolution.reason,
+    get available () { return binding.store !== null },
+    get tier () { return binding.tier },
+    get reason () { return binding.reason },
     async heartbeat (userId, options = {}) {
       checkUser(userId)
       const status = options.status ?? 'online'
@@ -169,7 +193,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       checkUser(userId)
       return await call('read', async (s) => await s.lastSeen(userId))
     },
-    stats: () => ({ redisCommands: commands?.sent() ?? 0 }),
+    stats: () => ({ redisCommands: binding.commands?.sent() ?? 0 }),
     on (type, listener) {
       let set = listeners.get(type)
       if (set === undefined) listeners.set(type, set = new Set())
@@ -185,7 +209,6 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   // Expiry: every instance sweeps, every PRESENCE_TTL_MS / 2, until nothing expired is left (in
   // batches of SWEEP_BATCH, each one round trip), so a leave is never later than half a TTL
   // whatever the rate. The script removes each user once and publishes its leave once.
-  let sweeper: NodeJS.Timeout | undefined
   let sweeping = false
   let closed = false
   async function sweepExpired (active: PresenceStore): Promise<void> {
@@ -198,23 +221,20 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
         if (gone.length < SWEEP_BATCH) break
       }
     } catch (err) {
-      warn('presence-sweep', `presence sweep failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+      warn('presence-sweep', `presence sweep failed on ${binding.tier ?? '?'}: ${connections.redact(err).message}`)
     } finally {
       sweeping = false
     }
   }
-  if (store !== null) {
-    const active = store
-    sweeper = setInterval(() => { void sweepExpired(active) }, Math.max(10, Math.floor(times.ttlMs / 2)))
-    sweeper.unref()
-  }
+  const sweeper = setInterval(() => { if (binding.store !== null) void sweepExpired(binding.store) }, Math.max(10, Math.floor(times.ttlMs / 2)))
+  sweeper.unref()
 
   connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
   fastify.decorate(decorator, presence)
   fastify.addHook('onClose', async () => {
     closed = true
     clearInterval(sweeper)
-    await stopListening?.()
+    await binding.stop?.()
   })
 }
 

@@ -2,14 +2,14 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { bullmqBackend } from '../lib/queue-bullmq'
 import { memoryBackend } from '../lib/queue-memory'
-import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, Repeat, ScheduleInfo } from '../lib/queue-backend'
+import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, QueueDefinition, Repeat, ScheduleInfo } from '../lib/queue-backend'
 import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/deadline'
-import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
 
 export const queuesRequirement: FeatureRequirement = { feature: 'queues', tiers: ['tcp'], fallback: 'skip', flag: 'QUEUES_ENABLED' }
@@ -86,13 +86,6 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
 
   // An in-process queue loses every job on restart: never let it stand in for Redis in production.
   const refused = fallback === 'memory' && production
-  const resolution = connections.resolve({ ...queuesRequirement, fallback: fallback === 'memory' && !production ? 'memory' : 'skip' })
-  if (refused && resolution.status === 'skipped') {
-    resolution.reason += '; QUEUES_FALLBACK=memory is refused when NODE_ENV=production (an in-process queue loses jobs on restart): fix REDIS_URL'
-  }
-  const tier = resolution.status === 'active' ? resolution.tier : null
-  if (tier === 'memory') log.warn('queues run in memory (QUEUES_FALLBACK=memory): jobs are lost on restart and not shared with other instances; for local development only')
-  if (refused && tier === 'tcp') log.warn('QUEUES_FALLBACK=memory is ignored when NODE_ENV=production')
 
   const counters: QueuesStats = { added: 0, completed: 0, failed: 0, redisErrors: 0 }
   const channels = new Map<string, ProgressChannel | null>()
@@ -130,19 +123,41 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     }
   }
 
-  let backend: QueueBackend | null = null
-  if (tier === 'tcp' && connections.tcp !== null) {
-    backend = await bullmqBackend({
-      tcp: connections.tcp,
+  /** Every define() call, to apply to a backend made later (the feature promoted when a TCP Redis appears). */
+  const definitions = new Map<string, QueueDefinition>()
+  let appReady = false
+
+  async function backendFor (resolution: Resolution): Promise<QueueBackend | null> {
+    if (resolution.status !== 'active') return null
+    if (resolution.tier === 'memory') return memoryBackend(events)
+    const tcp = connections.tcp
+    if (resolution.tier !== 'tcp' || tcp === null) return null
+    return await bullmqBackend({
+      tcp,
       prefix: `${prefix}:queues`,
       commandTimeoutMs: timeoutMs,
       lockMs,
       events,
-      onError: (err) => warn('queues-redis', `queues: ${connections.redact(err).message}`, { tier })
+      onError: (err) => warn('queues-redis', `queues: ${connections.redact(err).message}`, { tier: 'tcp' })
     })
-  } else if (tier === 'memory') {
-    backend = memoryBackend(events)
   }
+
+  interface Binding { tier: Tier | null, reason: string, backend: QueueBackend | null }
+  const resolution = connections.resolve({ ...queuesRequirement, fallback: fallback === 'memory' && !production ? 'memory' : 'skip' }, async (next) => {
+    const backend = await backendFor(next)
+    for (const definition of definitions.values()) backend?.define(definition, runWorkers)
+    if (appReady && runWorkers) backend?.start()
+    const old = binding
+    binding = { tier: next.tier, reason: next.reason, backend }
+    // A memory queue's jobs were never shared (QUEUES_FALLBACK=memory is for development): it stops here.
+    await old.backend?.close(0)
+  })
+  if (refused && resolution.status === 'skipped') {
+    resolution.reason += '; QUEUES_FALLBACK=memory is refused when NODE_ENV=production (an in-process queue loses jobs on restart): fix REDIS_URL'
+  }
+  if (resolution.tier === 'memory') log.warn('queues run in memory (QUEUES_FALLBACK=memory): jobs are lost on restart and not shared with other instances; for local development only')
+  if (refused && resolution.tier === 'tcp') log.warn('QUEUES_FALLBACK=memory is ignored when NODE_ENV=production')
+  let binding: Binding = { tier: resolution.tier, reason: resolution.reason, backend: await backendFor(resolution) }
 
   function unavailable (why: string): never {
     throw new FeatureUnavailableError('queues', why)
@@ -151,8 +166,8 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   /** The backend for a defined queue, or a 503 with the reason the feature is off. */
   function use (name: string): QueueBackend {
     if (!channels.has(name)) throw new Error(`queue ${JSON.stringify(name)} is not defined; call fastify.queues.define(name, processor) at boot, on producers and workers alike`)
-    if (backend === null) return unavailable(resolution.reason)
-    return backend
+    if (binding.backend === null) return unavailable(binding.reason)
+    return binding.backend
   }
 
   /**
@@ -163,7 +178,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     try {
       return await withTimeout(fn(), timeoutMs)
     } catch (err) {
-      if (tier === 'memory') throw err
+      if (binding.tier === 'memory') throw err
       counters.redisErrors++
       return unavailable(`Redis did not answer (${connections.redact(err).message}); retry later`)
     }
@@ -178,9 +193,9 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   }
 
   const queues: Queues = {
-    available: resolution.status === 'active',
-    tier,
-    reason: resolution.reason,
+    get available () { return binding.backend !== null },
+    get tier () { return binding.tier },
+    get reason () { return binding.reason },
     workers: runWorkers,
     drainMs,
 
@@ -192,7 +207,9 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`queue ${name}: concurrency must be an integer >= 1`)
       checkJobOptions(defaults, (text) => { throw new Error(`queue ${name}: ${text}`) })
       channels.set(name, progressChannel ?? null)
-      backend?.define({ name, processor: processor as Processor, concurrency, defaults }, runWorkers)
+      const definition: QueueDefinition = { name, processor: processor as Processor, concurrency, defaults }
+      definitions.set(name, definition)
+      binding.backend?.define(definition, runWorkers)
     },
 
     async add (name, data, options = {}) {
@@ -271,8 +288,11 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   })
   fastify.decorate(decorator, queues)
   // Workers start once the app is ready: every processor is defined and every plugin it may use is loaded.
-  fastify.addHook('onReady', async () => { if (runWorkers) backend?.start() })
-  fastify.addHook('onClose', async () => { await backend?.close(drainMs) })
+  fastify.addHook('onReady', async () => {
+    appReady = true
+    if (runWorkers) binding.backend?.start()
+  })
+  fastify.addHook('onClose', async () => { await binding.backend?.close(drainMs) })
 }
 
 function checkJobOptions (o: JobOptions, bad: (text: string) => never): void {

@@ -7,7 +7,7 @@ import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
-import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import type { Unsubscribe } from '../lib/bus'
 
 export const sseRequirement: FeatureRequirement = { feature: 'sse', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'SSE_ENABLED' }
@@ -84,6 +84,8 @@ interface Client {
   pending: SseEvent[] | null
   /** Nothing written since the last heartbeat check. */
   silent: boolean
+  /** When it connected (ms): where a catch-up starts for a client that has had no event yet. */
+  connectedAt: number
 }
 
 /** One SSE frame: multi-line data becomes several `data:` lines. */
@@ -110,7 +112,6 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
   const prefix = resolvePrefix(opts.prefix, 'SSE_PREFIX', variable)
   const busChannel = `${prefix}:sse:events`
-  const resolution = connections.resolve(sseRequirement)
   const log = fastify.log.child({ plugin: 'sse' })
   const warn = rateLimitedWarn(log)
 
@@ -118,6 +119,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   const clients = new Set<Client>()
   const byChannel = new Map<string, Set<Client>>()
   let heartbeat: NodeJS.Timeout | undefined
+  /** The one fan-out subscription per instance, on the bus of the current tier, held while any client is connected. */
   let fanout: Promise<Unsubscribe> | null = null
   /** Slots taken by streams that are not registered yet (authorize, subscribe); the fan-out must outlive them. */
   let reserved = 0
@@ -157,23 +159,80 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     counters.delivered += sent
   }
 
-  let store: SseStore | null = null
-  const tier = resolution.status === 'active' ? resolution.tier : null
-  const commands = tier !== null ? connections.commands(tier, settings.timeoutMs) : null
-  if (tier === 'memory') store = memorySseStore(settings.history, deliver)
-  if (commands !== null) store = redisSseStore(commands, prefix, busChannel, settings.history)
-
   function onFanout (message: unknown): void {
     const m = message as { c?: unknown, i?: unknown, e?: unknown, d?: unknown } | null
     if (m === null || typeof m !== 'object' || typeof m.c !== 'string' || typeof m.i !== 'string') return
     deliver({ channel: m.c, id: m.i, event: typeof m.e === 'string' ? m.e : '', data: typeof m.d === 'string' ? m.d : '' })
   }
 
-  /** The one fan-out subscription per instance, held while any client is connected. */
+  /** The store of one resolution; every store notifies through the bus of its tier (memory included). */
+  interface Binding { tier: Tier | null, reason: string, store: SseStore | null }
+
+  function bindTo (resolution: Resolution): Binding {
+    const tier = resolution.status === 'active' ? resolution.tier : null
+    const commands = tier !== null ? connections.commands(tier, settings.timeoutMs) : null
+    const memoryBus = tier === 'memory' ? connections.bus('memory') : null
+    const store = commands !== null
+      ? redisSseStore(commands, prefix, busChannel, settings.history)
+      : memoryBus !== null ? memorySseStore(settings.history, (notice) => { memoryBus.publish(busChannel, notice).catch(() => {}) }) : null
+    return { tier, reason: resolution.reason, store }
+  }
+
+  function subscribeFanout (tier: Tier): Promise<Unsubscribe> {
+    return connections.bus(tier).subscribe(busChannel, onFanout, () => { void catchUp() })
+  }
+
+  // Connected clients stay connected through a move: the fan-out moves to the new tier's bus
+  // first, then the store; ids of the new tier are a new sequence, so every event on it is new to them.
+  let binding = bindTo(connections.resolve(sseRequirement, async (next) => {
+    const fresh = bindTo(next)
+    const moved = fanout !== null && fresh.tier !== null ? subscribeFanout(fresh.tier) : null
+    if (moved !== null) await moved
+    const old = fanout
+    binding = fresh
+    fanout = moved
+    for (const client of clients) [client.lastMs, client.lastSeq] = [-1, -1]
+    if (old !== null) await (await old)()
+  }))
+
   async function ensureFanout (): Promise<void> {
-    if (tier === null || tier === 'memory') return
-    fanout ??= connections.bus(tier).subscribe(busChannel, onFanout)
+    if (binding.tier === null) return
+    fanout ??= subscribeFanout(binding.tier)
     await fanout
+  }
+
+  /**
+   * After a gap in the subscription (a reconnect, a resubscribed REST stream), every connected
+   * client gets what was published meanwhile from the history, once and in order, before live
+   * events resume: they wait in `pending` while the history is read, as on a first connect.
+   */
+  async function catchUp (): Promise<void> {
+    const store = binding.store
+    if (store === null) return
+    const groups = new Map<string, Client[]>()
+    for (const client of clients) {
+      if (client.pending !== null) continue // still replaying its own history
+      client.pending = []
+      const key = client.channels.join(',')
+      groups.set(key, [...(groups.get(key) ?? []), client])
+    }
+    for (const group of groups.values()) {
+      const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.connectedAt), Infinity)
+      let events: SseEvent[] = []
+      try {
+        events = (await store.replay(group[0].channels, `${Math.max(0, from - 1)}-0`)).events
+      } catch (err) {
+        counters.redisErrors++
+        warn('sse-catch-up', `sse catch-up after a subscription gap failed on ${binding.tier ?? '?'}: ${connections.redact(err).message}`)
+      }
+      for (const client of group) {
+        for (const event of events) {
+          const [ms, seq] = parseId(event.id)
+          if (send(client, ms, seq, frame(event))) counters.replayed++
+        }
+        flushPending(client)
+      }
+    }
   }
 
   function startHeartbeat (): void {
@@ -228,6 +287,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
    * events then flow as to a new client.
    */
   async function resume (client: Client, lastId: string | null): Promise<void> {
+    const { store } = binding
     if (lastId !== null && store !== null) {
       const valid = isEventId(lastId)
       let replay: Replay
@@ -235,7 +295,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         replay = valid ? await store.replay(client.channels, lastId) : { events: [], reset: true, newest: null }
       } catch (err) {
         counters.redisErrors++
-        warn('sse-replay', `sse replay failed on ${tier ?? '?'}: ${connections.redact(err).message}`)
+        warn('sse-replay', `sse replay failed on ${binding.tier ?? '?'}: ${connections.redact(err).message}`)
         replay = { events: [], reset: true, newest: null } // history unreachable: the client must resync
       }
       const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
@@ -248,6 +308,11 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         write(client, frame(event))
       }
     }
+    flushPending(client)
+  }
+
+  /** Sends what arrived while the client's history was read, minus what the history already sent. */
+  function flushPending (client: Client): void {
     const pending = client.pending ?? []
     client.pending = null
     for (const event of pending) {
@@ -257,12 +322,13 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   const sse: Sse = {
-    available: resolution.status === 'active',
-    tier,
-    reason: resolution.reason,
+    get available () { return binding.store !== null },
+    get tier () { return binding.tier },
+    get reason () { return binding.reason },
 
     async publish (channel, data, options = {}) {
-      if (store === null) unavailable(resolution.reason)
+      const { store } = binding
+      if (store === null) unavailable(binding.reason)
       if (!validChannel(channel)) throw fastify.httpErrors.badRequest(`invalid channel name: 1-128 letters, digits or : _ . -`)
       const event = options.event ?? ''
       if (event !== '' && !EVENT_PATTERN.test(event)) throw fastify.httpErrors.badRequest('invalid event name: 1-64 letters, digits or : _ . -')
@@ -279,7 +345,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     },
 
     async stream (request, reply, channels, options = {}) {
-      if (store === null) unavailable(resolution.reason)
+      if (binding.store === null) unavailable(binding.reason)
       if (closing) unavailable('the server is shutting down')
       const given: unknown = channels // callers from JavaScript may pass anything
       if (!Array.isArray(given) || channels.length === 0 || channels.length > MAX_CHANNELS_PER_STREAM) {
@@ -305,7 +371,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         // Listen before answering: once the client has our headers, nothing it is sent can be missed.
         await ensureFanout()
         if (request.raw.destroyed) return // gone while we subscribed
-        client = { res: reply.raw, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false }
+        client = { res: reply.raw, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false, connectedAt: Date.now() }
         clients.add(client)
       } finally {
         reserved--

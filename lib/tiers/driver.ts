@@ -1,4 +1,4 @@
-import type { BusTransport, Deliver } from '../bus'
+import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { DiagnosisContext } from '../diagnose'
 import type { RedisCommands } from '../redis-commands'
 import type { RedisTier } from '../resolve-tier'
@@ -39,7 +39,7 @@ export interface TierDriver<Client = unknown> {
   /** PING with its own deadline; resolves with the round trip in ms. */
   ping: (client: Client, ms: number) => Promise<number>
   commands: (client: Client, timeoutMs: number) => RedisCommands
-  transport: (client: Client, onError: (err: Error) => void) => (deliver: Deliver) => BusTransport
+  transport: (client: Client, onError: (err: Error) => void) => (deliver: Deliver, resumed: Resumed) => BusTransport
   watch: (client: Client, signals: LiveSignals) => void
   close: (client: Client) => Promise<void>
 }

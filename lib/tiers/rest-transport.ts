@@ -1,5 +1,5 @@
 import type { Redis as UpstashRedis } from '@upstash/redis'
-import type { BusTransport, Deliver } from '../bus'
+import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { RestTarget } from '../targets'
 
 // Upstash REST serves SUBSCRIBE as one streaming POST per channel that emits
@@ -11,11 +11,12 @@ import type { RestTarget } from '../targets'
 const MAX_BACKOFF_MS = 5000
 
 export function restTransport (client: UpstashRedis, target: RestTarget, commandTimeoutMs: number, onError: (err: Error) => void) {
-  return (deliver: Deliver): BusTransport => {
+  return (deliver: Deliver, resumed: Resumed): BusTransport => {
     const streams = new Map<string, AbortController>()
 
     function follow (channel: string, controller: AbortController, confirmed: () => void): void {
       const { signal } = controller
+      let confirmedBefore = false
       void (async () => {
         for (let attempt = 0; !signal.aborted; attempt++) {
           try {
@@ -41,6 +42,8 @@ export function restTransport (client: UpstashRedis, target: RestTarget, command
                 if (kind === 'subscribe') {
                   attempt = 0
                   confirmed()
+                  if (confirmedBefore) resumed(channel) // a stream that ended and was made again: a gap
+                  confirmedBefore = true
                 } else if (kind === 'message') {
                   deliver(data.slice(first + 1, second), data.slice(second + 1))
                 }

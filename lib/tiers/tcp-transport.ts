@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { BusTransport, Deliver } from '../bus'
+import type { BusTransport, Deliver, Resumed } from '../bus'
 import { closeTcp } from './tcp'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is
@@ -8,7 +8,7 @@ import { closeTcp } from './tcp'
 // channels again, so a Redis restart does not leave the bus deaf.
 
 export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onError: (err: Error) => void) {
-  return (deliver: Deliver): BusTransport => {
+  return (deliver: Deliver, resumed: Resumed): BusTransport => {
     const wanted = new Set<string>()
     let subscriber: Redis | undefined
     let closed = false
@@ -18,8 +18,14 @@ export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onErro
       const sub = publisher.duplicate({ connectionName: 'redis-tiers-subscriber' })
       sub.on('error', onError)
       sub.on('message', (channel: string, text: string) => deliver(channel, text))
+      let connectedBefore = false
       sub.on('ready', () => {
-        if (wanted.size > 0) sub.subscribe(...wanted).catch(onError)
+        // The first `ready` is listen()'s to use; every later one follows a gap in the subscription.
+        const gap = connectedBefore
+        connectedBefore = true
+        if (!gap || wanted.size === 0) return
+        const channels = [...wanted]
+        sub.subscribe(...channels).then(() => { for (const channel of channels) if (wanted.has(channel)) resumed(channel) }, onError)
       })
       sub.connect().catch(() => {}) // reported through `error`
       subscriber = sub
