@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import { teardownList, bootApp, httpLoad, compare, opsPerSecond, pinToCores, row, type LoadResult } from './helpers'
 import { startRedisServer } from '../test/helpers/redis-server'
-import { INVALIDATE_BATCH } from '../lib/cache-store'
+import { INVALIDATE_BATCH } from '../lib/cache/store'
 
 // Cache benchmarks (issue targets in brackets), each against a baseline
 // measured in the same run:

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence-store'
+import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence/store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'

@@ -1,7 +1,7 @@
-import type { ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { redisSseStore, memorySseStore, parseId, isEventId, compareIds, type Replay, type SseEvent, type SseStore } from '../lib/sse-store'
+import { redisSseStore, memorySseStore, parseId, isEventId, compareIds, type Replay, type SseEvent, type SseStore } from '../lib/sse/store'
+import { clientRegistry, type Client } from '../lib/sse/clients'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
@@ -57,7 +57,6 @@ declare module 'fastify' {
 export const CHANNEL_PATTERN = /^[A-Za-z0-9:_.-]{1,128}$/
 const EVENT_PATTERN = /^[A-Za-z0-9:_.-]{1,64}$/
 const MAX_CHANNELS_PER_STREAM = 20
-const PING = Buffer.from(': ping\n\n')
 const RESET = 'event: reset\ndata: {}\n\n'
 const STREAM_HEADERS = {
   'content-type': 'text/event-stream; charset=utf-8',
@@ -72,26 +71,6 @@ function lastEventId (request: FastifyRequest): string | null {
   if (typeof header === 'string' && header !== '') return header
   const query = (request.query as Record<string, unknown> | undefined)?.lastEventId
   return typeof query === 'string' && query !== '' ? query : null
-}
-
-interface Client {
-  res: ServerResponse
-  channels: readonly string[]
-  /** Last id written to this client, as numbers (-1 before the first): anything not newer is a duplicate. */
-  lastMs: number
-  lastSeq: number
-  /** Live events that arrive while the history is being replayed. */
-  pending: SseEvent[] | null
-  /** Nothing written since the last heartbeat check. */
-  silent: boolean
-  /** When it connected (ms): where a catch-up starts for a client that has had no event yet. */
-  connectedAt: number
-}
-
-/** One SSE frame: multi-line data becomes several `data:` lines. */
-export function frame (event: SseEvent): string {
-  const name = event.event !== '' ? `event: ${event.event}\n` : ''
-  return `id: ${event.id}\n${name}${event.data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join('\n')}\n\n`
 }
 
 function validChannel (channel: unknown): channel is string {
@@ -116,53 +95,17 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   const warn = rateLimitedWarn(log)
 
   const counters = { published: 0, delivered: 0, replayed: 0, slowClientsDropped: 0, redisErrors: 0 }
-  const clients = new Set<Client>()
-  const byChannel = new Map<string, Set<Client>>()
-  let heartbeat: NodeJS.Timeout | undefined
+  const clients = clientRegistry(settings, counters, () => releaseWhenIdle())
   /** The one fan-out subscription per instance, on the bus of the current tier, held while any client is connected. */
   let fanout: Promise<Unsubscribe> | null = null
   /** Slots taken by streams that are not registered yet (authorize, subscribe); the fan-out must outlive them. */
   let reserved = 0
   let closing = false
 
-  function write (client: Client, chunk: Buffer | string): void {
-    if (client.res.destroyed) return
-    client.silent = false
-    client.res.write(chunk)
-    // A client that does not read would make us buffer without bound: cut it off.
-    if (client.res.writableLength > settings.maxBufferBytes) {
-      counters.slowClientsDropped++
-      client.res.destroy()
-    }
-  }
-
-  /** Writes the event unless this client already has it (replay overlap); `chunk` is its frame. Returns whether it wrote. */
-  function send (client: Client, ms: number, seq: number, chunk: Buffer | string): boolean {
-    if (ms < client.lastMs || (ms === client.lastMs && seq <= client.lastSeq)) return false
-    client.lastMs = ms
-    client.lastSeq = seq
-    write(client, chunk)
-    return true
-  }
-
-  function deliver (event: SseEvent): void {
-    const targets = byChannel.get(event.channel)
-    if (targets === undefined) return
-    const [ms, seq] = parseId(event.id)
-    // Encoded once per event: a string would be measured and encoded again for every client.
-    const chunk = Buffer.from(frame(event))
-    let sent = 0
-    for (const client of targets) {
-      if (client.pending !== null) client.pending.push(event)
-      else if (send(client, ms, seq, chunk)) sent++
-    }
-    counters.delivered += sent
-  }
-
   function onFanout (message: unknown): void {
     const m = message as { c?: unknown, i?: unknown, e?: unknown, d?: unknown } | null
     if (m === null || typeof m !== 'object' || typeof m.c !== 'string' || typeof m.i !== 'string') return
-    deliver({ channel: m.c, id: m.i, event: typeof m.e === 'string' ? m.e : '', data: typeof m.d === 'string' ? m.d : '' })
+    clients.deliver({ channel: m.c, id: m.i, event: typeof m.e === 'string' ? m.e : '', data: typeof m.d === 'string' ? m.d : '' })
   }
 
   /** The store of one resolution; every store notifies through the bus of its tier (memory included). */
@@ -191,7 +134,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     const old = fanout
     binding = fresh
     fanout = moved
-    for (const client of clients) [client.lastMs, client.lastSeq] = [-1, -1]
+    clients.forgetIds()
     if (old !== null) await (await old)()
   }))
 
@@ -210,7 +153,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     const store = binding.store
     if (store === null) return
     const groups = new Map<string, Client[]>()
-    for (const client of clients) {
+    for (const client of clients.all()) {
       if (client.pending !== null) continue // still replaying its own history
       client.pending = []
       const key = client.channels.join(',')
@@ -226,42 +169,14 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         warn('sse-catch-up', `sse catch-up after a subscription gap failed on ${binding.tier ?? '?'}: ${connections.redact(err).message}`)
       }
       for (const client of group) {
-        for (const event of events) {
-          const [ms, seq] = parseId(event.id)
-          if (send(client, ms, seq, frame(event))) counters.replayed++
-        }
-        flushPending(client)
+        for (const event of events) clients.send(client, event, true)
+        clients.flushPending(client)
       }
     }
-  }
-
-  function startHeartbeat (): void {
-    if (heartbeat !== undefined) return
-    // Only streams that were silent since the last check need a ping (a busy
-    // stream costs nothing); checking twice per interval means no stream is
-    // silent for longer than SSE_HEARTBEAT_MS.
-    heartbeat = setInterval(() => {
-      for (const client of clients) {
-        if (client.silent && client.pending === null) write(client, PING)
-        client.silent = true
-      }
-    }, Math.floor(settings.heartbeatMs / 2))
-  }
-
-  function remove (client: Client): void {
-    if (!clients.delete(client)) return
-    for (const channel of client.channels) {
-      const set = byChannel.get(channel)
-      set?.delete(client)
-      if (set?.size === 0) byChannel.delete(channel)
-    }
-    releaseWhenIdle()
   }
 
   function releaseWhenIdle (): void {
     if (clients.size > 0 || reserved > 0) return
-    clearInterval(heartbeat)
-    heartbeat = undefined
     const current = fanout
     fanout = null
     if (current !== null) void current.then(async (unsubscribe) => await unsubscribe())
@@ -301,24 +216,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
       // What the client has seen is not sent again (a lagging fan-out may still bring it), unless it cannot have seen it.
       if (valid && !beyond) [client.lastMs, client.lastSeq] = parseId(lastId)
-      if (replay.reset || beyond) write(client, RESET)
-      for (const event of replay.events) {
-        [client.lastMs, client.lastSeq] = parseId(event.id)
-        counters.replayed++
-        write(client, frame(event))
-      }
+      if (replay.reset || beyond) clients.write(client, RESET)
+      for (const event of replay.events) clients.send(client, event, true)
     }
-    flushPending(client)
-  }
-
-  /** Sends what arrived while the client's history was read, minus what the history already sent. */
-  function flushPending (client: Client): void {
-    const pending = client.pending ?? []
-    client.pending = null
-    for (const event of pending) {
-      const [ms, seq] = parseId(event.id)
-      if (send(client, ms, seq, frame(event))) counters.delivered++
-    }
+    clients.flushPending(client)
   }
 
   const sse: Sse = {
@@ -371,32 +272,24 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         // Listen before answering: once the client has our headers, nothing it is sent can be missed.
         await ensureFanout()
         if (request.raw.destroyed) return // gone while we subscribed
-        client = { res: reply.raw, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false, connectedAt: Date.now() }
-        clients.add(client)
+        client = clients.add(reply.raw, channels)
       } finally {
         reserved--
         releaseWhenIdle()
       }
       reply.hijack()
       const res = client.res
-      for (const channel of client.channels) {
-        let set = byChannel.get(channel)
-        if (set === undefined) byChannel.set(channel, set = new Set())
-        set.add(client)
-      }
-      res.on('close', () => remove(client))
       res.writeHead(200, STREAM_HEADERS)
       res.write(`retry: ${settings.retryMs}\n\n`)
       // Node keeps the response head for the life of the response as a tree of
       // some 40 concatenated strings (0.5 KB per idle stream, measured with a
       // heap snapshot); reading it as a number makes V8 flatten it in place.
       void Number((res as unknown as { _header: unknown })._header)
-      startHeartbeat()
       await resume(client, lastEventId(request))
     },
 
     stats () {
-      return { ...counters, clients: clients.size, channels: byChannel.size }
+      return { ...counters, clients: clients.size, channels: clients.channelCount }
     }
   }
 
@@ -406,14 +299,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   // Streams never end on their own: end them before the server waits for open connections.
   fastify.addHook('preClose', async () => {
     closing = true
-    for (const client of [...clients]) {
-      // Close the socket too: a keep-alive connection would hold server.close() until the client drops it.
-      client.res.end(() => client.res.destroy())
-      remove(client)
-    }
+    clients.endAll()
   })
   fastify.addHook('onClose', async () => {
-    clearInterval(heartbeat)
+    clients.stop()
     const current = fanout
     fanout = null
     if (current !== null) await (await current)()

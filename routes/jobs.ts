@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { demoUserId } from './events'
-import type { JobContext } from '../lib/queue-backend'
+import type { JobContext } from '../lib/queues/backend'
 
 // Demo: POST /jobs/report starts a report job that reports progress in steps
 // and answers 202 { id, channel }; GET /jobs/report/:id returns its state,

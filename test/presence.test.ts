@@ -5,7 +5,7 @@ import { startRestServer } from './helpers/rest-server'
 import { envForTier } from './helpers/tiers'
 import type { EnvInput } from '../lib/config'
 import type { Tier } from '../lib/resolve-tier'
-import type { PresenceEvent } from '../lib/presence-store'
+import type { PresenceEvent } from '../lib/presence/store'
 
 // fastify.presence: one spec per tier, then several instances and faults.
 // TTLs are short and expiry is awaited by polling with a deadline.

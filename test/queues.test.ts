@@ -8,7 +8,7 @@ import { startRestServer } from './helpers/rest-server'
 import { connectSse } from './helpers/sse-client'
 import type { EnvInput } from '../lib/config'
 import type { DefineOptions } from '../plugins/queues'
-import type { JobContext } from '../lib/queue-backend'
+import type { JobContext } from '../lib/queues/backend'
 
 // fastify.queues: one spec on tcp (BullMQ on a real redis-server) and on the
 // memory fallback, then instances, schedules, close and outages on tcp, and

@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache'
-import type { RedisCommands } from './redis-commands'
+import type { RedisCommands } from '../redis-commands'
 
 // Where SSE events live for replay, one small store per kind of tier behind
 // one contract. Event ids are `<ms>-<seq>` on every tier (Redis Stream ids on

@@ -1,8 +1,8 @@
 import { LRUCache } from 'lru-cache'
-import type { CacheStore, Envelope, InvalidationMessage } from './cache-store'
-import { parseDuration } from './duration'
-import { FeatureUnavailableError } from './errors'
-import type { Tier } from './resolve-tier'
+import type { CacheStore, Envelope, InvalidationMessage } from './store'
+import { parseDuration } from '../duration'
+import { FeatureUnavailableError } from '../errors'
+import type { Tier } from '../resolve-tier'
 
 // The cache client, the same on every tier: a bounded in-process L1 in front
 // of an optional Redis store (tcp or rest; none on the memory tier, where L1

@@ -1,4 +1,4 @@
-import type { RedisCommands } from './redis-commands'
+import type { RedisCommands } from '../redis-commands'
 
 // The cache's Redis layer (tcp and rest alike, through RedisCommands). Each
 // write is one Lua script that also publishes the invalidation for other

@@ -1,8 +1,8 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
 import type { Redis } from 'ioredis'
-import { closeTcp } from './tiers/tcp'
-import { settledWithin, withTimeout } from './deadline'
-import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './queue-backend'
+import { closeTcp } from '../tiers/tcp'
+import { settledWithin, withTimeout } from '../deadline'
+import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './backend'
 
 // BullMQ on the tcp tier, with the connections BullMQ requires and none that
 // it would make up: producers share one connection that fails fast (offline

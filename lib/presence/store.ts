@@ -1,4 +1,4 @@
-import type { RedisCommands } from './redis-commands'
+import type { RedisCommands } from '../redis-commands'
 
 // Who is online, one small store per kind of tier behind one contract. On
 // tcp/rest: a sorted set of users scored by their last heartbeat, a sorted set

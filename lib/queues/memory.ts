@@ -1,5 +1,5 @@
 import { CronExpressionParser } from 'cron-parser'
-import { backoffDelay, type AddOptions, type JobContext, type JobCounts, type JobEvents, type JobInfo, type JobOptions, type KeepJobs, type QueueBackend, type QueueDefinition, type Repeat, type ScheduleInfo } from './queue-backend'
+import { backoffDelay, type AddOptions, type JobContext, type JobCounts, type JobEvents, type JobInfo, type JobOptions, type KeepJobs, type QueueBackend, type QueueDefinition, type Repeat, type ScheduleInfo } from './backend'
 
 // QUEUES_FALLBACK=memory: the same API in one process, for local development
 // without Redis. Jobs live in this process only: a restart loses every one of

@@ -1,5 +1,5 @@
-// The contract behind fastify.queues: BullMQ on tcp (lib/queue-bullmq.ts), an
-// in-process queue for local development (lib/queue-memory.ts). The plugin
+// The contract behind fastify.queues: BullMQ on tcp (lib/queues/bullmq.ts), an
+// in-process queue for local development (lib/queues/memory.ts). The plugin
 // validates input, turns failures into 503s and publishes job events to sse;
 // a backend only stores and runs jobs.
 
