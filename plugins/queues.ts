@@ -150,6 +150,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     const old = binding
     binding = { tier: next.tier, reason: next.reason, backend }
     // A memory queue's jobs were never shared (QUEUES_FALLBACK=memory is for development): it stops here.
+    if (old.tier === 'memory') log.warn('queues moved from memory to tcp: jobs still waiting in the in-memory queue (QUEUES_FALLBACK=memory) are dropped')
     await old.backend?.close(0)
   })
   if (refused && resolution.status === 'skipped') {
