@@ -13,6 +13,9 @@ import { envPrefix, resolveTier, type FeatureRequirement, type RedisTier, type R
 
 export type OutageBehaviour = 'fail-open' | 'unavailable' | 'memory'
 
+/** A move whose rebind failed is tried again after this long. */
+const RETRY_MS = 1000
+
 /** What /health and fastify.features say about a feature: its resolution, and how it got there. */
 export type FeatureState = Resolution & {
   /** What the feature does while its tier is down. */
@@ -58,8 +61,6 @@ export interface FeatureBindings {
   bind: (requirement: FeatureRequirement, rebind?: Rebind) => FeatureState
   /** A tier changed: re-resolve every feature. */
   reresolve: (why: string) => void
-  /** Resolves once every re-resolution under way is applied. */
-  settled: () => Promise<void>
   close: () => void
 }
 
@@ -71,6 +72,7 @@ function snapshot (state: FeatureState): Resolution {
 export function featureBindings (opts: BindingsOptions): FeatureBindings {
   const bindings = new Map<string, Binding>()
   const states: Record<string, FeatureState> = {}
+  const retries = new Set<NodeJS.Timeout>()
   let closed = false
 
   /** Lower is better: the tier's place in the requirement, then memory, then skipped. */
@@ -89,7 +91,7 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     }
     const candidate = resolveTier(requirement, opts.availability(), opts.read)
     if (candidate.status !== 'active' || rank(requirement, candidate) >= rank(requirement, state)) return null
-    return { ...candidate, reason: `${candidate.reason} (${why})` }
+    return { ...candidate, reason: candidate.reason === `${candidate.tier} is reachable` ? why : `${candidate.reason} (${why})` }
   }
 
   function reresolveOne (binding: Binding, why: string): void {
@@ -102,6 +104,9 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
         await binding.rebind?.(target, previous)
       } catch (err) {
         opts.onRebindError(binding.requirement.feature, err)
+        // Tried again while nothing else changes: a move that failed once (a timeout) must not leave the feature behind.
+        const timer = setTimeout(() => { retries.delete(timer); reresolveOne(binding, why) }, RETRY_MS)
+        retries.add(timer)
         return
       }
       if (closed) return
@@ -127,11 +132,10 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     reresolve (why) {
       for (const binding of bindings.values()) reresolveOne(binding, why)
     },
-    async settled () {
-      await Promise.all([...bindings.values()].map(async (b) => await b.queue))
-    },
     close () {
       closed = true
+      for (const timer of retries) clearTimeout(timer)
+      retries.clear()
     }
   }
 }

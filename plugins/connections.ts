@@ -82,8 +82,6 @@ export interface Connections {
    * call `rebind(next, previous)` first; the move is recorded only once it resolves.
    */
   resolve: (requirement: FeatureRequirement, rebind?: Rebind) => FeatureState
-  /** Resolves once every feature move under way is applied (tests, benchmarks). */
-  settled: () => Promise<void>
   /** Add a feature's own figures (counters, sizes, queue counts) to its entry in /health. */
   describe: (feature: string, details: () => Record<string, unknown> | Promise<Record<string, unknown>>) => void
   /** PING the tiers in use now, each with the command deadline. */
@@ -245,7 +243,6 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     },
     bus,
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
-    settled: async () => await bindings.settled(),
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
     health,
     redact

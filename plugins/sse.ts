@@ -157,7 +157,9 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       if (client.pending !== null) continue // still replaying its own history
       client.pending = []
       const key = client.channels.join(',')
-      groups.set(key, [...(groups.get(key) ?? []), client])
+      const group = groups.get(key)
+      if (group !== undefined) group.push(client)
+      else groups.set(key, [client])
     }
     for (const group of groups.values()) {
       const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.connectedAt), Infinity)
