@@ -126,7 +126,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   // Connected clients stay connected through a move: the fan-out moves to the new tier's bus
-  // first, then the store; ids of the new tier are a new sequence, so every event on it is new to them.
+  // first, then the store; ids of the new tier are a new sequence, so every event on it is new to
+  // them. What other instances published there since each client's last event is caught up.
   let binding = bindTo(connections.resolve(sseRequirement, async (next) => {
     const fresh = bindTo(next)
     const moved = fanout !== null && fresh.tier !== null ? subscribeFanout(fresh.tier) : null
@@ -136,6 +137,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     fanout = moved
     clients.forgetIds()
     if (old !== null) await (await old)()
+    if (moved !== null) await catchUp()
   }))
 
   async function ensureFanout (): Promise<void> {
@@ -162,7 +164,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       else groups.set(key, [client])
     }
     for (const group of groups.values()) {
-      const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.connectedAt), Infinity)
+      const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.floorMs), Infinity)
       let events: SseEvent[] = []
       try {
         events = (await store.replay(group[0].channels, `${Math.max(0, from - 1)}-0`)).events

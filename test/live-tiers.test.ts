@@ -52,6 +52,8 @@ t.test('rest: an Upstash endpoint that answers late is found by the re-probe', a
   t.teardown(async () => await bridge.close())
   await eventually(() => app.connections.tiers.rest.reachable, 3000, 'rest reachable')
   t.equal(await app.connections.rest?.set('k', 'v'), 'OK')
+  await eventually(() => (['cache', 'sse', 'presence'] as const).every((f) => app.features[f].tier === 'rest'), 500 + 1000, 'cache, sse and presence on rest')
+  t.match(app.features.queues, { status: 'skipped', reason: /queues need a TCP Redis/ }, 'queues stay skipped: they need tcp')
   t.match((await app.inject('/health')).json(), { tiers: { rest: { reachable: true, lastError: null } } })
 })
 
@@ -160,6 +162,24 @@ t.test('two instances booted without Redis share the cache and SSE fan-out once 
   const [event] = await conn.waitFor(1)
   t.same(event, { id, event: 'message', data: '{"from":"a"}' }, "A's event reached the stream B had open since before the promotion")
   t.notOk(conn.isEnded())
+})
+
+t.test('an instance promoted later gets, for its open streams, what the other published on tcp meanwhile', async (t) => {
+  const port = await freePort()
+  const env = { ...FAST, REDIS_URL: `redis://127.0.0.1:${port}` }
+  const a = await serve(t, { ...env, REDIS_HOLD_DOWN_MS: 250 })
+  const b = await serve(t, { ...env, REDIS_HOLD_DOWN_MS: 2000 })
+  const conn = await connectSse(t, `${b.url}/events/public:meanwhile`)
+  await eventually(() => b.app.sse.stats().clients === 1, 3000, 'client on B')
+  await startRedisServer(t, { port })
+  await eventually(() => a.app.features.sse.tier === 'tcp', 3000, 'A promoted')
+  t.equal(b.app.features.sse.tier, 'memory', 'B still holding down')
+  const id = await a.app.sse.publish('public:meanwhile', 'while B was on memory')
+  await eventually(() => b.app.features.sse.tier === 'tcp', 4000, 'B promoted')
+  const [event] = await conn.waitFor(1)
+  t.same(event, { id, event: 'message', data: 'while B was on memory' }, 'caught up from the history at the promotion')
+  const next = await a.app.sse.publish('public:meanwhile', 'live')
+  t.same((await conn.waitFor(2)).map((e) => e.id), [id, next], 'then live, no duplicate')
 })
 
 t.test('presence: a user online in memory before the promotion is still online after it, and no leave fired', async (t) => {

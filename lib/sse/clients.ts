@@ -16,8 +16,8 @@ export interface Client {
   pending: SseEvent[] | null
   /** Nothing written since the last heartbeat check. */
   silent: boolean
-  /** When it connected (ms): where a catch-up starts for a client that has had no event yet. */
-  connectedAt: number
+  /** Where a catch-up starts (ms) when the client's last id says nothing: when it connected, or its last event on a former tier. */
+  floorMs: number
 }
 
 export interface ClientCounters { delivered: number, replayed: number, slowClientsDropped: number }
@@ -36,7 +36,7 @@ export interface ClientRegistry {
   deliver: (event: SseEvent) => void
   /** Sends what arrived while the client's history was read, minus what the history already sent. */
   flushPending: (client: Client) => void
-  /** Forgets every client's last id: after a move to another tier, whose ids are a new sequence. */
+  /** Forgets every client's last id (a move to another tier, whose ids are a new sequence); the time of its last event stays as its catch-up floor. */
   forgetIds: () => void
   /** Ends every stream and closes its socket. */
   endAll: () => void
@@ -113,7 +113,7 @@ export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes:
     get channelCount () { return byChannel.size },
     all: () => clients.values(),
     add (res, channels) {
-      const client: Client = { res, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false, connectedAt: Date.now() }
+      const client: Client = { res, channels: [...new Set(channels)], lastMs: -1, lastSeq: -1, pending: [], silent: false, floorMs: Date.now() }
       clients.add(client)
       for (const channel of client.channels) {
         let set = byChannel.get(channel)
@@ -145,7 +145,10 @@ export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes:
       for (const event of pending) send(client, event)
     },
     forgetIds () {
-      for (const client of clients) [client.lastMs, client.lastSeq] = [-1, -1]
+      for (const client of clients) {
+        client.floorMs = Math.max(client.floorMs, client.lastMs)
+        ;[client.lastMs, client.lastSeq] = [-1, -1]
+      }
     },
     endAll () {
       for (const client of [...clients]) {

@@ -1,6 +1,7 @@
 import type { Redis as UpstashRedis } from '@upstash/redis'
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { RestTarget } from '../targets'
+import { withTimeout } from '../deadline'
 
 // Upstash REST serves SUBSCRIBE as one streaming POST per channel that emits
 // `data: subscribe,<channel>,<n>` and then `data: message,<channel>,<text>`.
@@ -68,10 +69,8 @@ export function restTransport (client: UpstashRedis, target: RestTarget, command
         streams.get(channel)?.abort()
         const controller = new AbortController()
         streams.set(channel, controller)
-        await new Promise<void>((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error(`subscription to ${channel} not confirmed within ${commandTimeoutMs} ms; retrying in the background`)), commandTimeoutMs)
-          follow(channel, controller, () => { clearTimeout(timer); resolve() })
-        })
+        await withTimeout(new Promise<void>((resolve) => { follow(channel, controller, resolve) }), commandTimeoutMs,
+          () => new Error(`subscription to ${channel} not confirmed within ${commandTimeoutMs} ms; retrying in the background`))
       },
       async unlisten (channel) {
         streams.get(channel)?.abort()

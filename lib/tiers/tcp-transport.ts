@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis'
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import { closeTcp } from './tcp'
+import { withTimeout } from '../deadline'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is
 // only sent on a ready connection (ioredis 5 silently loses one sent before
@@ -34,14 +35,13 @@ export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onErro
 
     async function untilReady (sub: Redis): Promise<void> {
       if (sub.status === 'ready') return
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          sub.off('ready', ready)
-          reject(new Error(`subscriber connection not ready within ${commandTimeoutMs} ms; the subscription is kept and made when Redis answers`))
-        }, commandTimeoutMs)
-        const ready = (): void => { clearTimeout(timer); resolve() }
-        sub.once('ready', ready)
-      })
+      let ready = (): void => {}
+      try {
+        await withTimeout(new Promise<void>((resolve) => { ready = resolve; sub.once('ready', ready) }), commandTimeoutMs,
+          () => new Error(`subscriber connection not ready within ${commandTimeoutMs} ms; the subscription is kept and made when Redis answers`))
+      } finally {
+        sub.off('ready', ready)
+      }
     }
 
     return {
