@@ -88,6 +88,11 @@ export interface Connections {
   health: () => Promise<HealthReport>
   /** Make any error safe to log or return. */
   redact: (err: unknown) => Error
+  /**
+   * A failed Redis call as one safe sentence: while its tier is down, the tier's diagnosis (which
+   * names the variable and the fix) rather than the client library's text; else the redacted error.
+   */
+  explain: (tier: Tier | null, err: unknown) => string
 }
 
 export type Features = Record<string, FeatureState>
@@ -245,7 +250,11 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
     health,
-    redact
+    redact,
+    explain (tier, err) {
+      const state = tier === null || tier === 'memory' ? undefined : tiers[tier]
+      return state !== undefined && !state.reachable && state.lastError !== null ? `${tier ?? ''} is down: ${state.lastError}` : redact(err).message
+    }
   } satisfies Connections)
 
   fastify.addHook('onReady', async () => {

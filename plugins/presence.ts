@@ -138,7 +138,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     try {
       return await fn(store)
     } catch (err) {
-      throw new FeatureUnavailableError('presence', `Redis did not answer the ${operation} (${connections.redact(err).message}); try again`)
+      throw new FeatureUnavailableError('presence', `Redis did not answer the ${operation} (${connections.explain(binding.tier, err)}); try again`)
     }
   }
 

@@ -181,7 +181,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     } catch (err) {
       if (binding.tier === 'memory') throw err
       counters.redisErrors++
-      return unavailable(`Redis did not answer (${connections.redact(err).message}); retry later`)
+      return unavailable(`Redis did not answer (${connections.explain(binding.tier, err)}); retry later`)
     }
   }
 

@@ -245,7 +245,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         return id
       } catch (err) {
         counters.redisErrors++ // the caller gets the reason (and the routes log it, rate-limited)
-        return unavailable(`Redis did not accept the event: ${connections.redact(err).message}`)
+        return unavailable(`Redis did not accept the event: ${connections.explain(binding.tier, err)}`)
       }
     },
 

@@ -332,6 +332,7 @@ t.test('tcp: 20 publishes refused during an outage log one stack-free warn line'
   const redis = await startRedisServer(t)
   const { app, url, logs } = await serve(t, { ...BASE, REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 300, SSE_TIMEOUT_MS: 300 })
   await redis.stop()
+  await eventually(() => !app.connections.tiers.tcp.reachable, 3000, 'tcp marked down')
   const before = logs().length
   for (let i = 0; i < 20; i++) {
     const res = await fetch(`${url}/events/public:down`, { method: 'POST', headers: { ...USER, 'content-type': 'application/json' }, body: '{}' })
@@ -342,7 +343,7 @@ t.test('tcp: 20 publishes refused during an outage log one stack-free warn line'
   const outage = lines.filter((l) => l.feature === 'sse')
   t.equal(outage.length, 1, 'one line for 20 refusals')
   t.equal(outage[0].level, 40)
-  t.match(outage[0].msg, /^sse is unavailable: Redis did not accept the event/)
+  t.match(outage[0].msg, /^sse is unavailable: Redis did not accept the event: tcp is down: .*\(REDIS_URL\)/, 'the reason is the tier\'s diagnosis, naming the variable')
   t.notOk(JSON.stringify(lines).includes('    at '), 'no stack trace')
   t.equal(app.sse.stats().redisErrors, 20, 'every refusal is still counted')
 })
