@@ -89,8 +89,9 @@ export interface Connections {
   /** Make any error safe to log or return. */
   redact: (err: unknown) => Error
   /**
-   * A failed Redis call as one safe sentence: while its tier is down, the tier's diagnosis (which
-   * names the variable and the fix) rather than the client library's text; else the redacted error.
+   * A failed Redis call as one safe sentence for an HTTP caller: while its tier is down, the tier's
+   * diagnosis (the variable and the fix, without the address) rather than the client library's text;
+   * else the redacted error.
    */
   explain: (tier: Tier | null, err: unknown) => string
 }
@@ -253,7 +254,9 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     redact,
     explain (tier, err) {
       const state = tier === null || tier === 'memory' ? undefined : tiers[tier]
-      return state !== undefined && !state.reachable && state.lastError !== null ? `${tier ?? ''} is down: ${state.lastError}` : redact(err).message
+      if (state === undefined || state.reachable || state.lastError === null) return redact(err).message
+      // Said to HTTP callers: the variable and the fix, not the address of the database.
+      return `${tier ?? ''} is down: ${state.lastError.split(`${state.endpoint ?? ''} (${state.source ?? ''})`).join(`the Redis in ${state.source ?? ''}`)}`
     }
   } satisfies Connections)
 
