@@ -81,7 +81,7 @@ export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, T
 function whyNoTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>): string {
   const broken = req.tiers.filter((t) => tiers[t].configured)
   if (broken.length > 0) return broken.map((t) => `${t} unreachable: ${tiers[t].diagnosis ?? 'probe failed'}`).join('; ')
-  const others = (Object.keys(tiers) as RedisTier[]).filter((t) => !req.tiers.includes(t) && tiers[t].reachable)
+  const others = (Object.keys(tiers) as RedisTier[]).filter((t) => !req.tiers.includes(t) && tiers[t].configured)
   if (others.length > 0) return `only ${others.map((t) => TIER_LABEL[t]).join(' and ')} is configured`
   return 'no Redis configured'
 }
