@@ -103,11 +103,11 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     const tier = resolution.status === 'active' ? resolution.tier : null
     if (tier === null) return { tier, reason: resolution.reason, store: null, commands: null }
     const commands = tier === 'memory' ? null : connections.commands(tier, timeoutMs)
-    const memoryBus = connections.bus('memory')
+    const bus = connections.bus(tier)
     const store = commands !== null
       ? redisPresenceStore(commands, prefix, channel, times)
-      : memoryPresenceStore(times, (event) => { memoryBus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${err.message}`)) })
-    const stop = await connections.bus(tier).subscribe(channel, onEvent)
+      : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${err.message}`)) })
+    const stop = await bus.subscribe(channel, onEvent)
     return { tier, reason: resolution.reason, store, commands, stop }
   }
 

@@ -3,7 +3,7 @@ import type { ConnectionSettings } from '../config'
 import { withTimeout } from '../deadline'
 import type { RedisCommands } from '../redis-commands'
 import { restTarget, type RestTarget, type TargetResult } from '../targets'
-import type { TierDriver, TierTimeouts } from './driver'
+import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { restTransport } from './rest-transport'
 
 // @upstash/redis retries a failed fetch five times with exponential backoff
@@ -11,7 +11,7 @@ import { restTransport } from './rest-transport'
 // own deadline (a plain signal would be shared and, once aborted, turn every
 // later answer into the string "Aborted").
 
-export function createRestClient (target: RestTarget, commandTimeoutMs: number, retries = 1): UpstashRedis {
+function createRestClient (target: RestTarget, commandTimeoutMs: number, retries = 1): UpstashRedis {
   return new UpstashRedis({
     url: target.url,
     token: target.token,
@@ -24,15 +24,8 @@ export function createRestClient (target: RestTarget, commandTimeoutMs: number, 
   })
 }
 
-export interface RestProbeResult {
-  ok: boolean
-  client?: UpstashRedis
-  latencyMs?: number
-  error?: Error
-}
-
 /** One PING, retries off, within the deadline. */
-export async function probeRest (target: RestTarget, commandTimeoutMs: number, deadlineMs: number): Promise<RestProbeResult> {
+async function probeRest (target: RestTarget, commandTimeoutMs: number, deadlineMs: number): Promise<ProbeResult<UpstashRedis>> {
   const probe = new UpstashRedis({
     url: target.url,
     token: target.token,
@@ -52,14 +45,14 @@ export async function probeRest (target: RestTarget, commandTimeoutMs: number, d
   }
 }
 
-export async function pingRest (client: UpstashRedis, ms: number): Promise<number> {
+async function pingRest (client: UpstashRedis, ms: number): Promise<number> {
   const started = performance.now()
   const reply = await withTimeout(client.ping(), ms)
   if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply).slice(0, 40)}`)
   return Math.round((performance.now() - started) * 100) / 100
 }
 
-export function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
+function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
   let sent = 0
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     sent++

@@ -4,7 +4,7 @@ import { Command, Redis, type RedisOptions } from 'ioredis'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
 import type { RedisCommands } from '../redis-commands'
-import type { TierDriver, TierTimeouts } from './driver'
+import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
 import { withTimeout } from '../deadline'
@@ -16,7 +16,7 @@ import { withTimeout } from '../deadline'
 
 export const MAX_RECONNECT_DELAY_MS = 5000
 
-export function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
+function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
   return {
     host: target.host,
     port: target.port,
@@ -39,13 +39,6 @@ export function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOpt
   }
 }
 
-export interface TcpProbeResult {
-  ok: boolean
-  client?: Redis
-  latencyMs?: number
-  error?: Error
-}
-
 /**
  * Connect and PING within one deadline. The first connection error ends the
  * probe (events.once rejects on `error`), so a refused port or a wrong
@@ -54,7 +47,7 @@ export interface TcpProbeResult {
  * capped backoff); on failure it is disconnected so that nothing keeps
  * trying in the background.
  */
-export async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: number): Promise<TcpProbeResult> {
+async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: number): Promise<ProbeResult<Redis>> {
   // During the probe the ready check (INFO) and PING get the whole deadline, then the runtime command timeout applies.
   const client = new Redis({ ...tcpOptions(target, timeouts), commandTimeout: deadlineMs })
   client.on('error', () => {}) // never an unhandled `error` event, even before the owner adds its listener
@@ -92,7 +85,7 @@ export async function closeTcp (client: Redis, ms: number): Promise<void> {
 }
 
 /** PING with its own deadline, independent of the client's command timeout. */
-export async function pingTcp (client: Redis, ms: number): Promise<number> {
+async function pingTcp (client: Redis, ms: number): Promise<number> {
   const started = performance.now()
   await withTimeout(client.ping(), ms, () => new ProbeTimeout(`no PING reply within ${ms} ms`))
   return Math.round((performance.now() - started) * 100) / 100
@@ -102,7 +95,7 @@ function sha1 (text: string): string {
   return createHash('sha1').update(text).digest('hex')
 }
 
-export function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
+function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
   let sent = 0
   // A Command whose timer we start ourselves: ioredis then keeps ours instead of
   // adding its own (REDIS_COMMAND_TIMEOUT_MS), so each call costs one timer and no race.
