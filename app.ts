@@ -1,5 +1,4 @@
 import fp from 'fastify-plugin'
-import sensible from '@fastify/sensible'
 import type { FastifyInstance } from 'fastify'
 import connections, { type ConnectionsOptions } from './plugins/connections'
 import cache, { type CachePluginOptions } from './plugins/cache'
@@ -40,8 +39,6 @@ export interface AppOptions extends ConnectionsOptions {
 }
 
 async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
-  // A host app may already use @fastify/sensible; registering it twice fails boot.
-  if (!fastify.hasDecorator('httpErrors')) await fastify.register(sensible)
   await fastify.register(connections, { env: opts.env, processEnv: opts.processEnv })
   const demo = opts.demoRoutes ?? parseBooleanVariable(fastify.connections.variable, 'DEMO_ROUTES', false)
   const identify = opts.presence?.identify ?? (demo ? demoUserId : undefined)

@@ -7,11 +7,9 @@ export function assertDecoratorFree (fastify: FastifyInstance, name: string, lik
 }
 
 /**
- * The decorator name a feature plugin uses: its `decorator` option, or the feature name.
- * Fails boot, with the option as the fix, when the name is taken.
+ * A feature plugin decorates `fastify.<feature>`, the name its types declare.
+ * When another plugin owns it, boot fails with the way to keep both.
  */
-export function claimFeatureDecorator (fastify: FastifyInstance, option: string | undefined, feature: string, likelyOwner = `another ${feature} plugin`): string {
-  const name = option ?? feature
-  assertDecoratorFree(fastify, name, likelyOwner, `pass the \`decorator\` option to the ${feature} plugin to use another name`)
-  return name
+export function claimFeatureDecorator (fastify: FastifyInstance, feature: string, likelyOwner = `another ${feature} plugin`): void {
+  assertDecoratorFree(fastify, feature, likelyOwner, 'register one of the two inside its own encapsulated scope (fastify.register without fastify-plugin), so each decorates only that scope')
 }

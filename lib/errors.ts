@@ -3,6 +3,21 @@ import createError from '@fastify/error'
 // Errors are values with a code and a message that says what to do. None of
 // them may carry a secret: callers pass text that went through lib/redact.
 
+// The errors a caller can cause, each with its status code. Plugins throw
+// these, never `fastify.httpErrors`, so they work without @fastify/sensible.
+
+/** Invalid input: a channel, job id, user id or option out of its bounds (400). */
+export const InvalidInputError = createError<[string]>('REDIS_TIERS_INVALID_INPUT', '%s', 400)
+
+/** No identity where one is needed (401). */
+export const UnauthorizedError = createError<[string]>('REDIS_TIERS_UNAUTHORIZED', '%s', 401)
+
+/** An identity that may not do this (403). */
+export const ForbiddenError = createError<[string]>('REDIS_TIERS_FORBIDDEN', '%s', 403)
+
+/** Nothing under that name for this caller (404). */
+export const NotFoundError = createError<[string]>('REDIS_TIERS_NOT_FOUND', '%s', 404)
+
 /** Bad configuration: boot fails with this message, which names the variable and the fix. */
 export const ConfigError = createError<[string]>('REDIS_TIERS_CONFIG', '%s', 500)
 

@@ -16,8 +16,6 @@ export type { RouteCacheConfig }
 export const cacheRequirement: FeatureRequirement = { feature: 'cache', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'CACHE_ENABLED', outage: 'fail-open' }
 
 export interface CachePluginOptions {
-  /** Decorator name (default `cache`; @fastify/caching also uses `cache`). */
-  decorator?: string
   /** Key namespace; overrides CACHE_PREFIX (default: the name in package.json). */
   prefix?: string
 }
@@ -32,7 +30,7 @@ declare module 'fastify' {
 }
 
 async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions): Promise<void> {
-  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'cache', '@fastify/caching')
+  claimFeatureDecorator(fastify, 'cache', '@fastify/caching')
   const { connections } = fastify
   const variable = connections.variable
   const prefix = resolvePrefix(opts.prefix, 'CACHE_PREFIX', variable)
@@ -98,7 +96,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   }
 
   connections.describe('cache', () => ({ stats: cache.stats() }))
-  fastify.decorate(decorator, cache)
+  fastify.decorate('cache', cache)
   fastify.addHook('onClose', async () => { await binding.stop?.() })
 
   // Route response caching: GET/HEAD routes opt in with `config.cache`.

@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence/store'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
-import { FeatureUnavailableError } from '../lib/errors'
+import { FeatureUnavailableError, InvalidInputError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
@@ -13,7 +13,6 @@ import type { Unsubscribe } from '../lib/bus'
 export const presenceRequirement: FeatureRequirement = { feature: 'presence', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'PRESENCE_ENABLED' }
 
 export interface PresencePluginOptions {
-  decorator?: string
   prefix?: string
   /** Who is asking (e.g. from a verified session); without it `identify()` answers undefined and the routes are not mounted. */
   identify?: (request: FastifyRequest) => string | undefined | Promise<string | undefined>
@@ -53,7 +52,7 @@ export const MAX_META_BYTES = 1024
 export const SSE_CHANNEL = 'public:presence'
 
 async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOptions): Promise<void> {
-  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'presence')
+  claimFeatureDecorator(fastify, 'presence')
   const { connections } = fastify
   const variable = connections.variable
   const times = {
@@ -143,12 +142,12 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   }
 
   function checkUser (userId: unknown): string {
-    if (typeof userId !== 'string' || !USER_ID.test(userId)) throw fastify.httpErrors.badRequest('userId must be 1-128 letters, digits or : _ . @ -')
+    if (typeof userId !== 'string' || !USER_ID.test(userId)) throw new InvalidInputError('userId must be 1-128 letters, digits or : _ . @ -')
     return userId
   }
 
   function checkDevice (device: unknown): string {
-    if (typeof device !== 'string' || !DEVICE.test(device)) throw fastify.httpErrors.badRequest('device must be 1-64 letters, digits or : _ . -')
+    if (typeof device !== 'string' || !DEVICE.test(device)) throw new InvalidInputError('device must be 1-64 letters, digits or : _ . -')
     return device
   }
 
@@ -159,10 +158,10 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     async heartbeat (userId, options = {}) {
       checkUser(userId)
       const status = options.status ?? 'online'
-      if (typeof status !== 'string' || status.length > MAX_STATUS_LENGTH) throw fastify.httpErrors.badRequest(`status must be a string of at most ${MAX_STATUS_LENGTH} characters`)
+      if (typeof status !== 'string' || status.length > MAX_STATUS_LENGTH) throw new InvalidInputError(`status must be a string of at most ${MAX_STATUS_LENGTH} characters`)
       const device = checkDevice(options.device ?? 'default')
       const metaJson = JSON.stringify(options.meta ?? null)
-      if (Buffer.byteLength(metaJson) > MAX_META_BYTES) throw fastify.httpErrors.badRequest(`meta must be JSON of at most ${MAX_META_BYTES} bytes`)
+      if (Buffer.byteLength(metaJson) > MAX_META_BYTES) throw new InvalidInputError(`meta must be JSON of at most ${MAX_META_BYTES} bytes`)
       const event = await call('heartbeat', async (s) => await s.heartbeat(userId, device, status, metaJson, Date.now()))
       if (event !== null) toBrowsers({ type: event, userId, status, meta: options.meta ?? null })
       return { joined: event === 'join' }
@@ -182,7 +181,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     async list (options = {}) {
       const limit = Math.min(Math.max(1, Math.floor(options.limit ?? 50)), 500)
       const offset = options.cursor !== undefined ? Number.parseInt(options.cursor, 10) : 0
-      if (!Number.isInteger(offset) || offset < 0) throw fastify.httpErrors.badRequest('cursor must come from a previous list() answer')
+      if (!Number.isInteger(offset) || offset < 0) throw new InvalidInputError('cursor must come from a previous list() answer')
       const users = await call('list', async (s) => await s.list(Date.now(), offset, limit))
       return { users, cursor: users.length === limit ? String(offset + limit) : null }
     },
@@ -230,7 +229,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   sweeper.unref()
 
   connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
-  fastify.decorate(decorator, presence)
+  fastify.decorate('presence', presence)
   fastify.addHook('onClose', async () => {
     closed = true
     clearInterval(sweeper)

@@ -4,7 +4,7 @@ import { bullmqBackend } from '../lib/queues/bullmq'
 import { memoryBackend } from '../lib/queues/memory'
 import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, QueueDefinition, Repeat, ScheduleInfo } from '../lib/queues/backend'
 import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
-import { FeatureUnavailableError } from '../lib/errors'
+import { FeatureUnavailableError, InvalidInputError, NotFoundError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
@@ -17,7 +17,6 @@ export const queuesRequirement: FeatureRequirement = { feature: 'queues', tiers:
 export type ProgressChannel = (queue: string, job: JobContext) => string | null
 
 export interface QueuesPluginOptions {
-  decorator?: string
   /** Key namespace (BullMQ prefix `<prefix>:queues`); overrides QUEUES_PREFIX (default: the name in package.json). */
   prefix?: string
   /** The sse channel a job's progress, completion and failure go to (default `jobs:<queue>:<id>`); null: none. */
@@ -71,7 +70,7 @@ const MAX_BULK = 10_000
 const defaultProgressChannel: ProgressChannel = (queue, job) => `jobs:${queue}:${job.id}`
 
 async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions): Promise<void> {
-  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'queues')
+  claimFeatureDecorator(fastify, 'queues')
   const { connections } = fastify
   const variable = connections.variable
   const runWorkers = parseBooleanVariable(variable, 'QUEUES_WORKERS', true)
@@ -166,7 +165,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
 
   /** The backend for a defined queue, or a 503 with the reason the feature is off. */
   function use (name: string): QueueBackend {
-    if (!channels.has(name)) throw new Error(`queue ${JSON.stringify(name)} is not defined; call fastify.queues.define(name, processor) at boot, on producers and workers alike`)
+    if (!channels.has(name)) throw new NotFoundError(`queue ${JSON.stringify(name)} is not defined; call fastify.queues.define(name, processor) at boot, on producers and workers alike`)
     if (binding.backend === null) return unavailable(binding.reason)
     return binding.backend
   }
@@ -186,7 +185,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   }
 
   function checkAddOptions (o: AddOptions): void {
-    const bad = (text: string): never => { throw fastify.httpErrors.badRequest(text) }
+    const bad = (text: string): never => { throw new InvalidInputError(text) }
     if (o.jobId !== undefined && (!JOB_ID.test(o.jobId) || /^\d+$/.test(o.jobId))) bad('invalid jobId: 1-128 letters, digits or : _ . -, not only digits (those are generated ids)')
     if (o.delay !== undefined && !(Number.isInteger(o.delay) && o.delay >= 0)) bad('invalid delay: an integer number of ms >= 0')
     if (o.priority !== undefined && !(Number.isInteger(o.priority) && o.priority >= 1 && o.priority <= 2_097_152)) bad('invalid priority: an integer from 1 to 2097152')
@@ -221,9 +220,9 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     async addBulk (name, jobs) {
       const b = use(name)
       const given: unknown = jobs // callers from JavaScript may pass anything
-      if (!Array.isArray(given) || jobs.length === 0 || jobs.length > MAX_BULK) throw fastify.httpErrors.badRequest(`addBulk takes 1-${MAX_BULK} jobs`)
+      if (!Array.isArray(given) || jobs.length === 0 || jobs.length > MAX_BULK) throw new InvalidInputError(`addBulk takes 1-${MAX_BULK} jobs`)
       for (const job of jobs) {
-        if (job.data === undefined) throw fastify.httpErrors.badRequest('job data is required (use null for none)')
+        if (job.data === undefined) throw new InvalidInputError('job data is required (use null for none)')
         checkAddOptions(job.opts ?? {})
       }
       const ids = await call(async () => await b.add(name, jobs.map((j) => ({ data: j.data, opts: j.opts ?? {} }))))
@@ -241,9 +240,9 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       const b = use(name)
       const { id = name, ...rest } = repeat
       const every = rest.every !== undefined
-      if (every === (rest.cron !== undefined)) throw fastify.httpErrors.badRequest('a schedule takes either `every` (ms) or `cron`')
-      if (every && !(Number.isInteger(rest.every) && (rest.every ?? 0) >= 1)) throw fastify.httpErrors.badRequest('invalid every: an integer number of ms >= 1')
-      if (!JOB_ID.test(id)) throw fastify.httpErrors.badRequest('invalid schedule id: 1-128 letters, digits or : _ . -')
+      if (every === (rest.cron !== undefined)) throw new InvalidInputError('a schedule takes either `every` (ms) or `cron`')
+      if (every && !(Number.isInteger(rest.every) && (rest.every ?? 0) >= 1)) throw new InvalidInputError('invalid every: an integer number of ms >= 1')
+      if (!JOB_ID.test(id)) throw new InvalidInputError('invalid schedule id: 1-128 letters, digits or : _ . -')
       return await call(async () => await b.schedule(name, id, rest, data))
     },
 
@@ -287,7 +286,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     }))
     return { workers: runWorkers, stats: queues.stats(), counts }
   })
-  fastify.decorate(decorator, queues)
+  fastify.decorate('queues', queues)
   // Workers start once the app is ready: every processor is defined and every plugin it may use is loaded.
   fastify.addHook('onReady', async () => {
     appReady = true

@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { redisSseStore, memorySseStore, parseId, isEventId, compareIds, type Replay, type SseEvent, type SseStore } from '../lib/sse/store'
 import { clientRegistry, type Client } from '../lib/sse/clients'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
-import { FeatureUnavailableError } from '../lib/errors'
+import { FeatureUnavailableError, ForbiddenError, InvalidInputError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
@@ -15,8 +15,6 @@ export const sseRequirement: FeatureRequirement = { feature: 'sse', tiers: ['tcp
 export type Authorize = (request: FastifyRequest, channel: string) => boolean | Promise<boolean>
 
 export interface SsePluginOptions {
-  /** Decorator name (default `sse`). */
-  decorator?: string
   /** Who may watch a channel (default: everyone). A stream's own `authorize` wins. */
   authorize?: Authorize
   /** Key namespace for histories and the fan-out channel; overrides SSE_PREFIX (default: the name in package.json). */
@@ -78,7 +76,7 @@ function validChannel (channel: unknown): channel is string {
 }
 
 async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Promise<void> {
-  const decorator = claimFeatureDecorator(fastify, opts.decorator, 'sse', 'another SSE plugin')
+  claimFeatureDecorator(fastify, 'sse', 'another SSE plugin')
   const { connections } = fastify
   const variable = connections.variable
   const settings = {
@@ -193,7 +191,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   async function checkAuthorized (authorize: Authorize | undefined, request: FastifyRequest, channels: readonly string[]): Promise<void> {
     if (authorize === undefined) return
     for (const channel of channels) {
-      if (!(await authorize(request, channel))) throw fastify.httpErrors.forbidden(`not allowed to watch ${channel}`)
+      if (!(await authorize(request, channel))) throw new ForbiddenError(`not allowed to watch ${channel}`)
     }
   }
 
@@ -234,10 +232,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     async publish (channel, data, options = {}) {
       const { store } = binding
       if (store === null) unavailable(binding.reason)
-      if (!validChannel(channel)) throw fastify.httpErrors.badRequest(`invalid channel name: 1-128 letters, digits or : _ . -`)
+      if (!validChannel(channel)) throw new InvalidInputError(`invalid channel name: 1-128 letters, digits or : _ . -`)
       const event = options.event ?? ''
-      if (event !== '' && !EVENT_PATTERN.test(event)) throw fastify.httpErrors.badRequest('invalid event name: 1-64 letters, digits or : _ . -')
-      if (data === undefined) throw fastify.httpErrors.badRequest('event data is required')
+      if (event !== '' && !EVENT_PATTERN.test(event)) throw new InvalidInputError('invalid event name: 1-64 letters, digits or : _ . -')
+      if (data === undefined) throw new InvalidInputError('event data is required')
       const text = typeof data === 'string' ? data : JSON.stringify(data)
       try {
         const id = await store.publish(channel, event, text)
@@ -254,10 +252,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
       if (closing) unavailable('the server is shutting down')
       const given: unknown = channels // callers from JavaScript may pass anything
       if (!Array.isArray(given) || channels.length === 0 || channels.length > MAX_CHANNELS_PER_STREAM) {
-        throw fastify.httpErrors.badRequest(`a stream needs 1-${MAX_CHANNELS_PER_STREAM} channels`)
+        throw new InvalidInputError(`a stream needs 1-${MAX_CHANNELS_PER_STREAM} channels`)
       }
       for (const channel of channels) {
-        if (!validChannel(channel)) throw fastify.httpErrors.badRequest('invalid channel name: 1-128 letters, digits or : _ . -')
+        if (!validChannel(channel)) throw new InvalidInputError('invalid channel name: 1-128 letters, digits or : _ . -')
       }
       const authorize = options.authorize ?? opts.authorize
       // HEAD: the answer a GET would start with, at once, and no slot.
@@ -298,7 +296,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   connections.describe('sse', () => ({ stats: sse.stats() }))
-  fastify.decorate(decorator, sse)
+  fastify.decorate('sse', sse)
 
   // Streams never end on their own: end them before the server waits for open connections.
   fastify.addHook('preClose', async () => {

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { ForbiddenError } from '../lib/errors'
 
 // Demo: GET /events/:channel streams a channel, POST /events/:channel
 // publishes the JSON body to it. DEMO-ONLY identity: the user is whoever the
@@ -37,7 +38,7 @@ export default async function eventRoutes (fastify: FastifyInstance): Promise<vo
     bodyLimit: DEMO_EVENT_BODY_LIMIT,
     schema: { params, querystring: { type: 'object', properties: { event: { type: 'string', maxLength: 64 } } } }
   }, async (request, reply) => {
-    if (!demoMayUse(request, request.params.channel)) throw fastify.httpErrors.forbidden(`not allowed to publish to ${request.params.channel}`)
+    if (!demoMayUse(request, request.params.channel)) throw new ForbiddenError(`not allowed to publish to ${request.params.channel}`)
     const id = await fastify.sse.publish(request.params.channel, request.body ?? null, { event: request.query.event })
     return await reply.code(201).send({ id })
   })

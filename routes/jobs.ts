@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { demoUserId } from './events'
 import type { JobContext } from '../lib/queues/backend'
+import { NotFoundError, UnauthorizedError } from '../lib/errors'
 
 // Demo: POST /jobs/report starts a report job that reports progress in steps
 // and answers 202 { id, channel }; GET /jobs/report/:id returns its state,
@@ -38,7 +39,7 @@ export default async function jobRoutes (fastify: FastifyInstance): Promise<void
 
   function user (request: FastifyRequest): string {
     const id = demoUserId(request)
-    if (id === undefined) throw fastify.httpErrors.unauthorized('send x-user-id (DEMO-ONLY identity: 1-64 letters, digits, _ or -)')
+    if (id === undefined) throw new UnauthorizedError('send x-user-id (DEMO-ONLY identity: 1-64 letters, digits, _ or -)')
     return id
   }
 
@@ -63,7 +64,7 @@ export default async function jobRoutes (fastify: FastifyInstance): Promise<void
     const userId = user(request)
     const job = await fastify.queues.getJob<ReportData, ReportResult>(REPORT_QUEUE, request.params.id)
     // Someone else's job is answered like a missing one: ids are guessable.
-    if (job === null || job.data.userId !== userId) throw fastify.httpErrors.notFound(`no report job ${request.params.id}`)
+    if (job === null || job.data.userId !== userId) throw new NotFoundError(`no report job ${request.params.id}`)
     const { id, state, progress, result, failedReason, attemptsMade, createdAt, finishedAt } = job
     return { id, state, progress, result, failedReason, attemptsMade, createdAt, finishedAt }
   })

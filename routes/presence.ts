@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { UnauthorizedError } from '../lib/errors'
 
 // Presence routes. Identity comes from fastify.presence.identify(): in the
 // demo app the DEMO-ONLY `x-user-id` header; a real app passes its own
@@ -9,7 +10,7 @@ interface HeartbeatBody { status?: string, meta?: unknown, device?: string }
 export default async function presenceRoutes (fastify: FastifyInstance): Promise<void> {
   async function who (request: FastifyRequest): Promise<string> {
     const id = await fastify.presence.identify(request)
-    if (id === undefined) throw fastify.httpErrors.unauthorized('no identity: presence needs a user (demo: send x-user-id)')
+    if (id === undefined) throw new UnauthorizedError('no identity: presence needs a user (demo: send x-user-id)')
     return id
   }
 

@@ -1,10 +1,9 @@
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
-import fp from 'fastify-plugin'
 import { build, eventually } from './helpers/build'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { startRestServer } from './helpers/rest-server'
-import app from '../app'
+import app, { connections, sse, presence, queues } from '../app'
 import { quietOutages } from '../routes/outage-errors'
 import { FeatureUnavailableError } from '../lib/errors'
 import type { Bus } from '../lib/bus'
@@ -264,10 +263,31 @@ t.test('mounting into a host app', async (t) => {
     }, { code: 'REDIS_TIERS_DECORATOR_TAKEN', message: /fastify.connections is already decorated, probably by another connections plugin; register this app in its own encapsulated context/ })
   })
 
-  t.test('a host that already registered @fastify/sensible, and routes turned off', async (t) => {
+  t.test('feature plugins registered alone answer bad input with their 400, with no @fastify/sensible', async (t) => {
     const host = Fastify()
     t.teardown(async () => await host.close())
-    await host.register(fp(async (f) => { f.decorate('httpErrors', {} as never) }))
+    await host.register(connections, { processEnv: false, env: { QUEUES_FALLBACK: 'memory' } })
+    await host.register(sse)
+    await host.register(presence)
+    await host.register(queues)
+    host.queues.define('q', async () => null)
+    host.post('/publish', async () => await host.sse.publish('bad channel', 1))
+    host.get('/online', async () => await host.presence.isOnline('bad user'))
+    host.post('/add', async () => await host.queues.add('q', 1, { delay: -1 }))
+    host.post('/add-undefined', async () => await host.queues.add('nope', 1))
+    await host.ready()
+    t.notOk(host.hasDecorator('httpErrors'))
+    for (const [method, url] of [['POST', '/publish'], ['GET', '/online'], ['POST', '/add']] as const) {
+      const res = await host.inject({ method, url })
+      t.equal(res.statusCode, 400, `${method} ${url}`)
+      t.match(res.json(), { code: 'REDIS_TIERS_INVALID_INPUT', error: 'Bad Request' })
+    }
+    t.match((await host.inject({ method: 'POST', url: '/add-undefined' })).json(), { statusCode: 404, code: 'REDIS_TIERS_NOT_FOUND', message: /queue "nope" is not defined/ })
+  })
+
+  t.test('routes turned off', async (t) => {
+    const host = Fastify()
+    t.teardown(async () => await host.close())
     await host.register(app, { processEnv: false, healthRoutes: false })
     await host.ready()
     t.equal((await host.inject('/health')).statusCode, 404)

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache'
 import type { CacheStore, Envelope, InvalidationMessage } from './store'
 import { parseDuration } from '../duration'
-import { FeatureUnavailableError } from '../errors'
+import { FeatureUnavailableError, InvalidInputError } from '../errors'
 import type { Tier } from '../resolve-tier'
 
 // The cache client, the same on every tier: a bounded in-process L1 in front
@@ -70,14 +70,14 @@ export const MAX_TAG_LENGTH = 128
 function validateName (value: unknown, what: 'key' | 'tag'): string {
   const max = what === 'key' ? MAX_KEY_LENGTH : MAX_TAG_LENGTH
   if (typeof value !== 'string' || value.length === 0 || value.length > max) {
-    throw new TypeError(`cache ${what} must be a non-empty string of at most ${max} characters (got ${typeof value === 'string' ? `${value.length} characters` : typeof value})`)
+    throw new InvalidInputError(`cache ${what} must be a non-empty string of at most ${max} characters (got ${typeof value === 'string' ? `${value.length} characters` : typeof value})`)
   }
   return value
 }
 
 function validateTags (tags: unknown): readonly string[] {
   if (tags === undefined) return []
-  if (!Array.isArray(tags)) throw new TypeError('cache tags must be an array of strings')
+  if (!Array.isArray(tags)) throw new InvalidInputError('cache tags must be an array of strings')
   return tags.map((tag) => validateName(tag, 'tag'))
 }
 
@@ -183,12 +183,12 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   }
 
   async function write (key: string, value: unknown, options: GetOrSetOptions): Promise<string> {
-    if (value === undefined) throw new TypeError('undefined cannot be cached (it is what a miss returns); cache null instead')
+    if (value === undefined) throw new InvalidInputError('undefined cannot be cached (it is what a miss returns); cache null instead')
     const tags = validateTags(options.tags)
     const ttlMs = options.ttl === undefined ? opts.defaultTtlMs : parseDuration(options.ttl, 'ttl')
     const keepMs = ttlMs + (options.staleIfErrorTtl === undefined ? 0 : parseDuration(options.staleIfErrorTtl, 'staleIfErrorTtl'))
     const valueJson = JSON.stringify(value) as string | undefined
-    if (valueJson === undefined) throw new TypeError(`a ${typeof value} cannot be cached: values must be JSON`)
+    if (valueJson === undefined) throw new InvalidInputError(`a ${typeof value} cannot be cached: values must be JSON`)
     const json = `{"v":${valueJson},"e":${Date.now() + ttlMs}}`
     l1?.delete(key) // drops old tags
     remember(key, json, tags, store === null ? keepMs : Math.min(ttlMs, opts.l1MaxTtlMs))
