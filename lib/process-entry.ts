@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import closeWithGrace from 'close-with-grace'
-import envSchema from 'env-schema'
+import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable, type ReadVariable } from './config'
 
 // What server.ts and worker.ts share as standalone processes: their own
 // settings, JSON logs with credentials redacted, and a bounded graceful close
@@ -29,25 +29,18 @@ export const LOG_REDACT_PATHS = [
 
 /** PORT, HOST, LOG_LEVEL, CLOSE_GRACE_MS, NODE_ENV, DEMO_ROUTES from the environment; an invalid value ends the process with a message naming it. */
 export function readProcessSettings (): ProcessSettings {
-  const names = ['PORT', 'HOST', 'LOG_LEVEL', 'CLOSE_GRACE_MS', 'NODE_ENV', 'DEMO_ROUTES']
+  const read: ReadVariable = (name) => (process.env[name] === '' ? undefined : process.env[name])
   try {
-    return envSchema<ProcessSettings>({
-      schema: {
-        type: 'object',
-        properties: {
-          PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
-          HOST: { type: 'string', default: '0.0.0.0' },
-          LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-          CLOSE_GRACE_MS: { type: 'integer', minimum: 100, default: 10000 },
-          NODE_ENV: { type: 'string' },
-          DEMO_ROUTES: { type: 'boolean' }
-        }
-      },
-      data: Object.fromEntries(names.filter((k) => process.env[k] !== undefined && process.env[k] !== '').map((k) => [k, process.env[k]])),
-      env: false
-    })
+    return {
+      PORT: parseIntegerVariable(read, 'PORT', 3000, 0, 65535),
+      HOST: read('HOST') ?? '0.0.0.0',
+      LOG_LEVEL: parseChoiceVariable(read, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) ?? 'info',
+      CLOSE_GRACE_MS: parseIntegerVariable(read, 'CLOSE_GRACE_MS', 10_000, 100, 3_600_000),
+      NODE_ENV: read('NODE_ENV'),
+      DEMO_ROUTES: read('DEMO_ROUTES') === undefined ? undefined : parseBooleanVariable(read, 'DEMO_ROUTES', false)
+    }
   } catch (err) {
-    process.stderr.write(`Invalid configuration: ${(err as Error).message.replace(/^env\//, '')}\n`)
+    process.stderr.write(`${(err as Error).message}\n`)
     process.exit(1)
   }
 }

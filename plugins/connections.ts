@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
-import type { Redis as UpstashRedis } from '@upstash/redis'
+import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { loadSettings, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
 import type { TargetResult } from '../lib/targets'
 import { diagnose } from '../lib/diagnose'

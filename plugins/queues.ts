@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import { bullmqBackend } from '../lib/queues/bullmq'
-import { memoryBackend } from '../lib/queues/memory'
+import type * as BullmqBackendModule from '../lib/queues/bullmq'
+import type * as MemoryBackendModule from '../lib/queues/memory'
 import type { AddOptions, JobContext, JobCounts, JobEvents, JobInfo, JobOptions, Processor, QueueBackend, QueueDefinition, Repeat, ScheduleInfo } from '../lib/queues/backend'
 import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
 import { FeatureUnavailableError, InvalidInputError, NotFoundError } from '../lib/errors'
@@ -126,11 +126,18 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
   const definitions = new Map<string, QueueDefinition>()
   let appReady = false
 
+  // Each backend's module (bullmq alone costs a sixth of a cold start) is loaded only when queues run on it.
   async function backendFor (resolution: Resolution): Promise<QueueBackend | null> {
     if (resolution.status !== 'active') return null
-    if (resolution.tier === 'memory') return memoryBackend(events)
+    if (resolution.tier === 'memory') {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use; the import above is types only
+      const { memoryBackend } = require('../lib/queues/memory') as typeof MemoryBackendModule
+      return memoryBackend(events)
+    }
     const tcp = connections.tcp
     if (resolution.tier !== 'tcp' || tcp === null) return null
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use; the import above is types only
+    const { bullmqBackend } = require('../lib/queues/bullmq') as typeof BullmqBackendModule
     return await bullmqBackend({
       tcp,
       prefix: `${prefix}:queues`,

@@ -68,7 +68,7 @@ t.test('an invalid variable stops boot with a message naming it', async (t) => {
   const server = startServer(t, { REDIS_HOST: '127.0.0.1', REDIS_PORT: '99999' })
   const [code] = await once(server.child, 'exit') as [number | null]
   t.equal(code, 1)
-  t.match(server.output(), /REDIS_PORT must be <= 65535/)
+  t.match(server.output(), /REDIS_PORT must be a whole number from 1 to 65535/)
 })
 
 t.test('REDIS_REQUIRED=true without a reachable Redis exits non-zero', async (t) => {
@@ -82,7 +82,7 @@ t.test('an invalid PORT stops boot with a message naming it', async (t) => {
   const server = startServer(t, { PORT: 'eighty' })
   const [code] = await once(server.child, 'exit') as [number | null]
   t.equal(code, 1)
-  t.match(server.output(), /PORT must be integer/)
+  t.match(server.output(), /Invalid configuration: PORT must be a whole number from 0 to 65535 \(got "eighty"\)/)
 })
 
 t.test('worker.ts runs the queue workers without HTTP, drains on SIGTERM, and exits 1 when queues are skipped', async (t) => {

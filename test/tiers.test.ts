@@ -215,9 +215,9 @@ t.test('TLS', async (t) => {
 
 t.test('invalid values fail boot with a message naming the variable', async (t) => {
   const cases: Array<[Record<string, string>, RegExp]> = [
-    [{ REDIS_CONNECT_TIMEOUT_MS: 'abc' }, /REDIS_CONNECT_TIMEOUT_MS must be integer \(a whole number of milliseconds/],
-    [{ REDIS_PORT: '99999', REDIS_HOST: '127.0.0.1' }, /REDIS_PORT must be <= 65535 \(a TCP port/],
-    [{ REDIS_TLS: 'maybe', REDIS_HOST: '127.0.0.1' }, /REDIS_TLS must be boolean \(use true or false\)/],
+    [{ REDIS_CONNECT_TIMEOUT_MS: 'abc' }, /REDIS_CONNECT_TIMEOUT_MS must be a whole number from 1 to 600000 \(got "abc"\)/],
+    [{ REDIS_PORT: '99999', REDIS_HOST: '127.0.0.1' }, /REDIS_PORT must be a whole number from 1 to 65535 \(got "99999"\)/],
+    [{ REDIS_TLS: 'maybe', REDIS_HOST: '127.0.0.1' }, /REDIS_TLS must be true or false \(got "maybe"\)/],
     [{ DEMO_ENABLED: 'sometimes' }, /DEMO_ENABLED must be true or false/],
     [{ DEMO_TIER: 'fast' }, /DEMO_TIER must be one of tcp, rest, memory/]
   ]

@@ -1,4 +1,4 @@
-import type { Redis as UpstashRedis } from '@upstash/redis'
+import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { RestTarget } from '../targets'
 import { withTimeout } from '../deadline'

@@ -1,4 +1,4 @@
-import { Redis as UpstashRedis } from '@upstash/redis'
+import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { ConnectionSettings } from '../config'
 import { withTimeout } from '../deadline'
 import type { RedisCommands } from '../redis-commands'
@@ -11,8 +11,10 @@ import { restTransport } from './rest-transport'
 // own deadline (a plain signal would be shared and, once aborted, turn every
 // later answer into the string "Aborted").
 
-function createRestClient (target: RestTarget, commandTimeoutMs: number, retries = 1): UpstashRedis {
-  return new UpstashRedis({
+type UpstashClass = typeof UpstashRedis
+
+function createRestClient (Upstash: UpstashClass, target: RestTarget, commandTimeoutMs: number, retries = 1): UpstashRedis {
+  return new Upstash({
     url: target.url,
     token: target.token,
     retry: retries === 0 ? false : { retries, backoff: () => 50 },
@@ -26,7 +28,9 @@ function createRestClient (target: RestTarget, commandTimeoutMs: number, retries
 
 /** One PING, retries off, within the deadline. */
 async function probeRest (target: RestTarget, commandTimeoutMs: number, deadlineMs: number): Promise<ProbeResult<UpstashRedis>> {
-  const probe = new UpstashRedis({
+  // The Upstash client is loaded by the first probe: an app without a rest tier never pays for it.
+  const { Redis: Upstash } = await import('@upstash/redis')
+  const probe = new Upstash({
     url: target.url,
     token: target.token,
     retry: false,
@@ -39,7 +43,7 @@ async function probeRest (target: RestTarget, commandTimeoutMs: number, deadline
     const reply = await probe.ping()
     const latencyMs = Math.round((performance.now() - started) * 100) / 100
     if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply).slice(0, 40)}`)
-    return { ok: true, client: createRestClient(target, commandTimeoutMs), latencyMs }
+    return { ok: true, client: createRestClient(Upstash, target, commandTimeoutMs), latencyMs }
   } catch (err) {
     return { ok: false, error: err as Error }
   }

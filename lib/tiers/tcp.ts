@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import { createHash } from 'node:crypto'
-import { Command, Redis, type RedisOptions } from 'ioredis'
+import type { Redis, RedisOptions } from 'ioredis'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
 import type { RedisCommands } from '../redis-commands'
@@ -48,6 +48,7 @@ function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
  * trying in the background.
  */
 async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: number): Promise<ProbeResult<Redis>> {
+  const { Redis } = await loadIoredis()
   // During the probe the ready check (INFO) and PING get the whole deadline, then the runtime command timeout applies.
   const client = new Redis({ ...tcpOptions(target, timeouts), commandTimeout: deadlineMs })
   client.on('error', () => {}) // never an unhandled `error` event, even before the owner adds its listener
@@ -65,6 +66,15 @@ async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: 
     client.disconnect()
     return { ok: false, error: deadline.aborted ? new ProbeTimeout('probe timed out') : (err as Error) }
   }
+}
+
+// ioredis is loaded by the first probe: an app without a tcp tier never pays for it.
+const importIoredis = async () => await import('ioredis')
+let ioredis: Awaited<ReturnType<typeof importIoredis>> | undefined
+
+async function loadIoredis (): Promise<NonNullable<typeof ioredis>> {
+  ioredis ??= await importIoredis()
+  return ioredis
 }
 
 /** Ask the server to close, but never wait longer than `ms`. */
@@ -96,6 +106,8 @@ function sha1 (text: string): string {
 }
 
 function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
+  // There is a client, so a probe succeeded and loaded ioredis.
+  const { Command } = ioredis as NonNullable<typeof ioredis>
   let sent = 0
   // A Command whose timer we start ourselves: ioredis then keeps ours instead of
   // adding its own (REDIS_COMMAND_TIMEOUT_MS), so each call costs one timer and no race.
