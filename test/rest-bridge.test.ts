@@ -104,6 +104,25 @@ t.test('the REST bridge, driven by the real @upstash/redis client', async (t) =>
     t.match(await res.json(), { error: /not supported over REST/ })
   })
 
+  t.test('read-your-writes: every answer carries an upstash-sync-token that moves on, and the client keeps and sends it', async (t) => {
+    const writer = client()
+    t.equal(writer.readYourWritesSyncToken, '', 'nothing seen yet')
+    await writer.set('ryw:k', 'v1')
+    const first = writer.readYourWritesSyncToken
+    t.ok(first !== undefined && first !== '', 'a token after the first write')
+    await writer.set('ryw:k', 'v2')
+    t.not(writer.readYourWritesSyncToken, first, 'a new token after the next write')
+    const afterSet = writer.readYourWritesSyncToken
+    await writer.pipeline().set('ryw:p', 1).get('ryw:p').exec()
+    t.not(writer.readYourWritesSyncToken, afterSet, 'a pipeline moves it on too')
+    // A second client handed the writer's session (as across serverless invocations) reads what it wrote.
+    const reader = client()
+    reader.readYourWritesSyncToken = writer.readYourWritesSyncToken
+    t.equal(await reader.get('ryw:k'), 'v2')
+    const res = await fetch(bridge.url, { method: 'POST', headers: { authorization: `Bearer ${bridge.token}`, 'upstash-sync-token': afterSet ?? '' }, body: '["GET","ryw:k"]' })
+    t.match(res.headers.get('upstash-sync-token'), /^\d+$/, 'the raw header, as Upstash sends it')
+  })
+
   t.test('a wrong or missing token is answered 401', async (t) => {
     await t.rejects(client({ token: 'wrong' }).ping(), /Unauthorized/)
     const res = await fetch(bridge.url, { method: 'POST', body: '["PING"]' })

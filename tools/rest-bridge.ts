@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 import http from 'node:http'
 import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
@@ -13,7 +14,10 @@ import { Redis } from 'ioredis'
 //   GET|POST /set/k/v path-style commands (a POST body becomes the last argument)
 //   POST /subscribe/<channel>, /psubscribe/<pattern> -> text/event-stream
 // with `Authorization: Bearer <token>` (or `?_token=`), 401 otherwise, and
-// `Upstash-Encoding: base64` encoding every string in a result.
+// `Upstash-Encoding: base64` encoding every string in a result, and an
+// `upstash-sync-token` header on every answer (read-your-writes: the client
+// sends back the newest token it saw; with one Redis behind the bridge every
+// read already follows every write, so the token only has to move on).
 
 export interface RestBridgeOptions {
   /** The Redis to serve, e.g. redis://127.0.0.1:6379. */
@@ -104,10 +108,11 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
   const limit = opts.maxBodyBytes ?? 10 * 1024 * 1024
   const streams = new Set<{ res: http.ServerResponse, sub: Redis }>()
   const requests = { command: 0, pipeline: 0, multiExec: 0, subscribe: 0 }
+  const syncToken = (): string => String(requests.command + requests.pipeline + requests.multiExec)
 
   function send (res: http.ServerResponse, status: number, body: unknown): void {
     const text = JSON.stringify(body)
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'upstash-sync-token': syncToken() })
     res.end(text)
   }
 
@@ -133,7 +138,7 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
     try {
       await sub.connect()
       const count = kind === 'subscribe' ? await sub.subscribe(target) : await sub.psubscribe(target)
-      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'upstash-sync-token': syncToken() })
       write([kind, target, String(count)])
     } catch (err) {
       streams.delete(stream)
