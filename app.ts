@@ -74,5 +74,3 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })
-export type { ConnectionsOptions, CachePluginOptions, SsePluginOptions, PresencePluginOptions, QueuesPluginOptions }
-export { connections, cache, sse, presence, queues }

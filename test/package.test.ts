@@ -1,0 +1,148 @@
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+
+// The package as a user gets it: `npm pack`, the tarball installed into a
+// fresh Fastify host, and used there from ESM, CommonJS and strict
+// TypeScript, with nothing of this repository on the module path.
+
+const exec = promisify(execFile)
+const root = path.join(__dirname, '..')
+const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string, dependencies: Record<string, string> }
+const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues']
+// A clean environment: no REDIS_URL or DEMO_ROUTES of the machine's reaches the host.
+const ENV: Record<string, string> = Object.fromEntries(['PATH', 'HOME', 'npm_config_cache', 'npm_config_registry'].flatMap((name) => process.env[name] === undefined ? [] : [[name, process.env[name]]]))
+
+async function run (cwd: string, file: string, args: string[] = []): Promise<string> {
+  const { stdout } = await exec(file, args, { cwd, env: ENV, maxBuffer: 16 * 1024 * 1024 })
+  return stdout
+}
+
+t.test('packed, installed into a fresh Fastify host, and used as a user would', async (t) => {
+  const work = mkdtempSync(path.join(tmpdir(), 'redis-tiers-pack-'))
+  t.teardown(() => rmSync(work, { recursive: true, force: true }))
+
+  const packed = JSON.parse(await run(root, 'npm', ['pack', '--json', '--pack-destination', work])) as Array<{ filename: string, size: number, files: Array<{ path: string }> }>
+  const files = packed[0].files.map((f) => f.path)
+  t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts') && files.includes('dist/esm/index.mjs') && files.includes('README.md'), 'the build and the docs are in the tarball')
+  t.notOk(files.some((f) => /^(test|bench)\/|\.ts$/.test(f) && !f.endsWith('.d.ts')), 'no tests, benches or TypeScript sources')
+  t.notOk(files.some((f) => f.endsWith('.map') || /dist\/(server|worker)\./.test(f)), 'no source maps, no demo server')
+  t.comment(`tarball ${packed[0].filename}: ${(packed[0].size / 1024).toFixed(1)} kB, ${files.length} files`)
+
+  const host = path.join(work, 'host')
+  await run(work, 'mkdir', [host])
+  writeFileSync(path.join(host, 'package.json'), JSON.stringify({ name: 'host', version: '1.0.0', private: true }))
+  await run(host, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error', path.join(work, packed[0].filename), `fastify@${pkg.dependencies.fastify}`])
+
+  t.test('imports from ESM and CommonJS: the root and every subpath default-export the plugin', async (t) => {
+    writeFileSync(path.join(host, 'esm.mjs'), `
+      import app, * as root from '${pkg.name}'
+      ${SUBPATHS.map((name) => `import ${name} from '${pkg.name}/${name}'`).join('\n')}
+      const same = { ${SUBPATHS.map((name) => `${name}: ${name} === root.${name}`).join(', ')} }
+      console.log(JSON.stringify({ app: typeof app, appIsNamed: app === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
+    `)
+    writeFileSync(path.join(host, 'cjs.cjs'), `
+      const root = require('${pkg.name}')
+      const same = { ${SUBPATHS.map((name) => `${name}: require('${pkg.name}/${name}').default === root.${name}`).join(', ')} }
+      console.log(JSON.stringify({ app: typeof root.default, appIsNamed: root.default === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
+    `)
+    const expected = { app: 'function', appIsNamed: true, same: Object.fromEntries(SUBPATHS.map((name) => [name, true])), error: 503 }
+    t.same(JSON.parse(await run(host, process.execPath, ['esm.mjs'])), expected, 'ESM')
+    t.same(JSON.parse(await run(host, process.execPath, ['cjs.cjs'])), expected, 'CommonJS')
+  })
+
+  t.test('a strict TypeScript host type-checks against the declarations, and a wrong call does not', async (t) => {
+    writeFileSync(path.join(host, 'tsconfig.json'), JSON.stringify({
+      compilerOptions: { strict: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', noEmit: true, skipLibCheck: true, types: ['node'], typeRoots: [path.join(root, 'node_modules/@types')] },
+      files: ['host.mts', 'host.cts']
+    }))
+    writeFileSync(path.join(host, 'host.mts'), `
+      import Fastify from 'fastify'
+      import app, { FeatureUnavailableError, type Cache, type AppOptions } from '${pkg.name}'
+      import cache from '${pkg.name}/cache'
+      const fastify = Fastify()
+      const options: AppOptions = { env: { CACHE_TIER: 'memory' }, sse: { authorize: () => true } }
+      await fastify.register(app, options)
+      void cache
+      const user: { name: string } = await fastify.cache.getOrSet<{ name: string }>('user:1', async () => ({ name: 'Ada' }), { ttl: '5m' })
+      const id: string = await fastify.sse.publish('public:news', { title: user.name })
+      const online: boolean = await fastify.presence.isOnline('u1')
+      const available: boolean = fastify.queues.available
+      const client: Cache = fastify.cache
+      const unavailable: string = new FeatureUnavailableError('cache', 'off').code
+      // @ts-expect-error the loader must produce the declared type
+      await fastify.cache.getOrSet<number>('n', async () => 'not a number')
+      // @ts-expect-error publish needs a channel and data
+      await fastify.sse.publish()
+      // @ts-expect-error the decorators are what the package declares, nothing else
+      fastify.redisCache.get('x')
+      // @ts-expect-error options are checked
+      await fastify.register(app, { demoRoutes: 'yes' })
+      console.log(id, online, available, client, unavailable)
+    `)
+    writeFileSync(path.join(host, 'host.cts'), `
+      import Fastify = require('fastify')
+      import tiers = require('${pkg.name}')
+      const fastify = Fastify()
+      void fastify.register(tiers.default)
+      void fastify.register(tiers.cache)
+      export const hit: Promise<string | undefined> = fastify.cache.get<string>('k')
+    `)
+    const tsc = path.join(root, 'node_modules/typescript/bin/tsc')
+    const result = await exec(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: host, env: ENV }).then(() => '', (err: { stdout: string }) => err.stdout)
+    t.equal(result, '', 'no type errors, and every @ts-expect-error was needed')
+  })
+
+  t.test('the default export with default options: /health and nothing that trusts a header', async (t) => {
+    writeFileSync(path.join(host, 'mount.mjs'), `
+      import Fastify from 'fastify'
+      import app from '${pkg.name}'
+      const fastify = Fastify()
+      await fastify.register(app)
+      const out = {}
+      for (const [method, url] of [['GET', '/health'], ['GET', '/health/live'], ['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/presence/online']]) {
+        out[method + ' ' + url] = (await fastify.inject({ method, url, headers: { 'x-user-id': 'u1' } })).statusCode
+      }
+      await fastify.close()
+      console.log(JSON.stringify(out))
+    `)
+    t.same(JSON.parse(await run(host, process.execPath, ['mount.mjs'])), {
+      'GET /health': 200,
+      'GET /health/live': 200,
+      'GET /cache/demo/x': 404,
+      'GET /events/public:x': 404,
+      'POST /jobs/report': 404,
+      'GET /presence/online': 404
+    })
+  })
+
+  t.test('connections + cache, and the whole app on memory, run with bullmq gone from node_modules', async (t) => {
+    renameSync(path.join(host, 'node_modules/bullmq'), path.join(work, 'bullmq-moved'))
+    writeFileSync(path.join(host, 'no-bullmq.cjs'), `
+      const Fastify = require('fastify')
+      const { connections, cache, default: app } = require('${pkg.name}')
+      async function main () {
+        const one = Fastify()
+        await one.register(connections, { processEnv: false })
+        await one.register(cache)
+        await one.ready()
+        await one.cache.set('k', { v: 1 })
+        const value = await one.cache.get('k')
+        await one.close()
+        const all = Fastify()
+        await all.register(app, { processEnv: false })
+        await all.ready()
+        const queues = all.features.queues.status
+        await all.close()
+        const loaded = Object.keys(require.cache).filter((file) => /node_modules\\/(bullmq|ioredis|@upstash)\\//.test(file)).length
+        console.log(JSON.stringify({ value, queues, loaded }))
+      }
+      main().catch((err) => { console.error(err); process.exit(1) })
+    `)
+    t.same(JSON.parse(await run(host, process.execPath, ['no-bullmq.cjs'])), { value: { v: 1 }, queues: 'skipped', loaded: 0 },
+      'the cache works, queues are skipped, and no Redis client module was loaded')
+  })
+})

@@ -1,0 +1,36 @@
+// After tsc: one ESM entry per package entry point (dist/esm/<name>.mjs and
+// its .d.mts), each a thin wrapper over the CommonJS build, so that an ESM
+// host's `import cache from 'redis-tiers/cache'` gets the plugin itself (not
+// the CommonJS module object) and there is only one copy of each module
+// whichever way the package is loaded.
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+
+const ENTRIES = {
+  index: 'index',
+  connections: 'plugins/connections',
+  cache: 'plugins/cache',
+  sse: 'plugins/sse',
+  presence: 'plugins/presence',
+  queues: 'plugins/queues'
+}
+
+const require = createRequire(import.meta.url)
+mkdirSync('dist/esm', { recursive: true })
+for (const [name, path] of Object.entries(ENTRIES)) {
+  const target = `../${path}.js`
+  const named = Object.keys(require(`../dist/${path}.js`)).filter((key) => key !== 'default' && key !== '__esModule')
+  writeFileSync(`dist/esm/${name}.mjs`, [
+    `import cjs from '${target}'`,
+    ...(named.length > 0 ? [`export const { ${named.join(', ')} } = cjs`] : []),
+    'export default cjs.default',
+    ''
+  ].join('\n'))
+  writeFileSync(`dist/esm/${name}.d.mts`, [
+    `import type cjs from '${target}'`,
+    `export * from '${target}'`,
+    'declare const plugin: typeof cjs.default',
+    'export default plugin',
+    ''
+  ].join('\n'))
+}
