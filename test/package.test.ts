@@ -11,7 +11,9 @@ import { promisify } from 'node:util'
 
 const exec = promisify(execFile)
 const root = path.join(__dirname, '..')
-const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string, dependencies: Record<string, string> }
+const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string }
+// The host installs the Fastify this repository is tested with (a peer dependency of the package).
+const fastifyVersion = (JSON.parse(readFileSync(path.join(root, 'node_modules/fastify/package.json'), 'utf8')) as { version: string }).version
 const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues']
 // A clean environment: no REDIS_URL or DEMO_ROUTES of the machine's reaches the host.
 const ENV: Record<string, string> = Object.fromEntries(['PATH', 'HOME', 'npm_config_cache', 'npm_config_registry'].flatMap((name) => process.env[name] === undefined ? [] : [[name, process.env[name]]]))
@@ -35,7 +37,7 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
   const host = path.join(work, 'host')
   await run(work, 'mkdir', [host])
   writeFileSync(path.join(host, 'package.json'), JSON.stringify({ name: 'host', version: '1.0.0', private: true }))
-  await run(host, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error', path.join(work, packed[0].filename), `fastify@${pkg.dependencies.fastify}`])
+  await run(host, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error', path.join(work, packed[0].filename), `fastify@${fastifyVersion}`])
 
   t.test('imports from ESM and CommonJS: the root and every subpath default-export the plugin', async (t) => {
     writeFileSync(path.join(host, 'esm.mjs'), `
@@ -117,6 +119,13 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       'POST /jobs/report': 404,
       'GET /presence/online': 404
     })
+  })
+
+  t.test('the REST bridge is a bin of the package, and names what it needs', async (t) => {
+    const bin = path.join(host, 'node_modules/.bin/redis-tiers-rest-bridge')
+    const failed = await exec(bin, [], { cwd: host, env: ENV }).then(() => null, (err: { code: number, stderr: string }) => err)
+    t.equal(failed?.code, 1)
+    t.match(failed?.stderr, /rest-bridge needs REDIS_URL .* and UPSTASH_REDIS_REST_TOKEN/)
   })
 
   t.test('connections + cache, and the whole app on memory, run with bullmq gone from node_modules', async (t) => {
