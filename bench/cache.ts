@@ -11,6 +11,9 @@ import { INVALIDATE_BATCH } from '../lib/cache/store'
 //  (b) a route answered from Redis (L2 hit, tcp) vs a hand-written
 //      ioredis cache-aside route, the @fastify/redis way          [>= 1.00]
 //  (c) in-process getOrSet hits/s vs bentocache (memory L1 + redis L2) [>= 1.00]
+//  (d) the longest Redis stall during a large tag invalidation      [<= 10 ms]
+//  (e) a stampede of 1 000 concurrent cold requests: handler runs   [1], and
+//      the time to the last response vs one request's handler run
 // HTTP throughput on a 2-core machine shared by server, autocannon and Redis
 // swings by 10 % between runs, so (a) and (b) also report the server's CPU
 // time per request: its ratio (baseline / ours, higher is better) is the
@@ -112,7 +115,49 @@ export async function run (): Promise<void> {
   bentoRedis.disconnect()
   await ours.close()
   await invalidationStall(redis.url)
+  await stampede(redis.url)
   await cleanups.run()
+}
+
+/** (e) 1 000 concurrent cold requests for one key over HTTP, on one instance (tcp), three keys, medians. */
+async function stampede (url: string): Promise<void> {
+  const CONCURRENT = 1000
+  const HANDLER_MS = 100
+  let runs = 0
+  const app = await bootApp({ REDIS_URL: url, CACHE_PREFIX: 'bench-e' }, (f) => {
+    const slow = async (): Promise<unknown> => {
+      runs++
+      await new Promise((resolve) => setTimeout(resolve, HANDLER_MS))
+      return PRODUCT
+    }
+    f.get('/slow/:k', { config: { cache: { ttl: 600 } } }, slow)
+    f.get('/uncached/:k', slow)
+  })
+  const base = await listen(app)
+  const timed = async (path: string, n: number): Promise<{ ms: number, bodies: number }> => {
+    const started = performance.now()
+    const bodies = await Promise.all(Array.from({ length: n }, async () => await (await fetch(`${base}${path}`)).text()))
+    return { ms: performance.now() - started, bodies: new Set(bodies).size }
+  }
+  const mid = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]
+  const single: number[] = []
+  const herd: number[] = []
+  const herdRuns: number[] = []
+  for (let round = 0; round < 3; round++) {
+    single.push((await timed(`/uncached/${round}`, 1)).ms)
+    runs = 0
+    const result = await timed(`/slow/cold-${round}`, CONCURRENT)
+    if (result.bodies !== 1) throw new Error(`the stampede got ${result.bodies} different bodies`)
+    herd.push(result.ms)
+    herdRuns.push(runs)
+  }
+  process.stdout.write(`\n(e) stampede: ${CONCURRENT} concurrent cold requests for one key (handler ${HANDLER_MS} ms, tcp, one instance), 3 keys, medians\n`)
+  row('handler runs per stampede', `${mid(herdRuns)}`, undefined)
+  process.stdout.write(`    ${herdRuns.every((r) => r === 1) ? 'met' : 'NOT met'} (target 1): runs per round ${herdRuns.join(', ')}\n`)
+  row('one request, uncached (one handler run)', `${mid(single).toFixed(0)} ms`)
+  row(`last of ${CONCURRENT} responses, cold`, `${mid(herd).toFixed(0)} ms`)
+  process.stdout.write(`    ratio ${(mid(herd) / mid(single)).toFixed(2)} (the stampede's time over one handler run)\n`)
+  await app.close()
 }
 
 /** What the invalidation did before it was batched: every member of the tag in one script. */

@@ -48,7 +48,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   const channel = `${prefix}:cache:invalidate`
 
   /** The client of one resolution and the invalidation subscription it needs. */
-  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'getShared'>, stop?: Unsubscribe }
+  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'lookupShared'>, stop?: Unsubscribe }
 
   async function bindTo (resolution: Resolution): Promise<Binding> {
     if (resolution.status === 'skipped') return { client: unavailableCache(resolution.reason) }
@@ -103,7 +103,10 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   fastify.addHook('onRoute', routeCacheHooks({
     reader: () => binding.reader,
     write: async (key, stored, options) => await cache.set(key, stored, options),
-    redact: connections.redact
+    inject: async (options) => await fastify.inject(options),
+    defaultTtlMs: settings.defaultTtlMs,
+    redact: connections.redact,
+    warn: (key, message) => warn(key, message)
   }))
 }
 

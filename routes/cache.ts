@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 
 // Demo: a slow computation behind route response caching. The first request
-// for a key answers after ~200 ms with `x-cache: MISS`; the next ones within
-// 30 s come from the cache with `x-cache: HIT` and the same `computedAt`.
+// for a key answers after ~200 ms (Cache-Status: fwd=miss); the next ones within
+// 30 s come from the cache (Cache-Status: hit) with the same `computedAt`.
 
 export default async function cacheDemoRoutes (fastify: FastifyInstance): Promise<void> {
   fastify.get<{ Params: { key: string } }>('/cache/demo/:key', {

@@ -13,12 +13,15 @@ export interface CacheSetOptions {
   /** Seconds, or a duration string such as '500ms', '30s', '5m'. Default: CACHE_DEFAULT_TTL. */
   ttl?: number | string
   tags?: readonly string[]
-}
-
-export interface GetOrSetOptions extends CacheSetOptions {
-  /** Keep the value this much longer than `ttl`, and serve it when the loader fails. */
+  /**
+   * Keep the value this much longer than `ttl`, stale: getOrSet serves it when
+   * its loader fails, and cached routes for their staleWhileRevalidate and
+   * staleIfError windows.
+   */
   staleIfErrorTtl?: number | string
 }
+
+export type GetOrSetOptions = CacheSetOptions
 
 export interface CacheStats {
   hits: number
@@ -92,11 +95,17 @@ const FAILED: unique symbol = Symbol('failed')
 
 export interface CacheClient extends Cache {
   applyInvalidation: (message: unknown) => void
-  /** get() without a private copy: the value is shared between callers and must not be mutated. */
-  getShared: <T = unknown>(key: string) => Promise<T | undefined>
-  /** L1 only and synchronous, shared like getShared; undefined when L1 has no fresh value (no miss is counted). */
-  peekShared: <T = unknown>(key: string) => T | undefined
+  /**
+   * The entry from L1, then Redis, fresh or stale (kept past its TTL by
+   * `staleIfErrorTtl`), without a private copy: shared between callers, never
+   * to be mutated. A result that is not fresh counts as a miss.
+   */
+  lookupShared: (key: string) => Promise<Envelope | undefined>
+  /** L1 only and synchronous, shared like lookupShared; undefined when L1 has no fresh entry (no miss is counted). */
+  peekShared: (key: string) => Envelope | undefined
 }
+
+export type { Envelope }
 
 export function createCache (opts: CacheClientOptions): CacheClient {
   const { store } = opts
@@ -209,16 +218,15 @@ export function createCache (opts: CacheClientOptions): CacheClient {
       return undefined
     },
 
-    async getShared<T> (key: string) {
+    async lookupShared (key: string) {
       const found = await lookup(key, true)
-      if (found?.fresh === true) return found.envelope.v as T
-      counters.misses++
-      return undefined
+      if (found?.fresh !== true) counters.misses++
+      return found?.envelope
     },
 
-    peekShared<T> (key: string) {
+    peekShared (key: string) {
       const local = readLocal(key, true)
-      return local?.fresh === true ? local.envelope.v as T : undefined
+      return local?.fresh === true ? local.envelope : undefined
     },
 
     async has (key) {
