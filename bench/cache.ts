@@ -54,10 +54,21 @@ export async function run (): Promise<void> {
   // BENCH_PIN=1: server alone on core 0. On 2 cores that makes core 1 (autocannon + Redis) the bottleneck, so it is off by default.
   if (process.env.BENCH_PIN === '1') process.stdout.write(pinToCores(redis.pid()) ? 'pinned: server on core 0; autocannon and redis-server on core 1\n' : 'could not pin (needs taskset and 2 cores)\n')
 
-  // (a) L1 hit vs no cache
+  // BENCH_CACHE_PARTS=a,e runs only those parts.
+  const parts = new Set((process.env.BENCH_CACHE_PARTS ?? 'a,b,c,d,e').split(','))
+  if (parts.has('a')) await l1Route(redis.url, rounds)
+  if (parts.has('b')) await l2Route(redis.url, rounds)
+  if (parts.has('c')) await versusBentocache(redis.url, rounds)
+  if (parts.has('d')) await invalidationStall(redis.url)
+  if (parts.has('e')) await stampede(redis.url)
+  await cleanups.run()
+}
+
+/** (a) L1 hit vs no cache */
+async function l1Route (url: string, rounds: number): Promise<void> {
   const plain = Fastify()
   plain.get('/product/:id', async () => PRODUCT)
-  const cached = await bootApp({ REDIS_URL: redis.url, CACHE_PREFIX: 'bench-a' }, (f) => f.get('/product/:id', { config: { cache: { ttl: 600 } } }, async () => PRODUCT))
+  const cached = await bootApp({ REDIS_URL: url, CACHE_PREFIX: 'bench-a' }, (f) => f.get('/product/:id', { config: { cache: { ttl: 600 } } }, async () => PRODUCT))
   const plainUrl = `${await listen(plain)}/product/1`
   const cachedUrl = `${await listen(cached)}/product/1`
   await httpLoad(cachedUrl, 1) // warm: the first request fills the cache
@@ -65,9 +76,11 @@ export async function run (): Promise<void> {
   await report('(a) route from L1 vs no cache', 'no cache (ceiling)', 'config.cache, L1 hit', 0.9, rounds, plainUrl, cachedUrl)
   await plain.close()
   await cached.close()
+}
 
-  // (b) L2 hit vs hand-written ioredis cache-aside
-  const direct = new Redis(redis.url)
+/** (b) L2 hit vs hand-written ioredis cache-aside */
+async function l2Route (url: string, rounds: number): Promise<void> {
+  const direct = new Redis(url)
   await direct.set('bench-b:product:1', JSON.stringify(PRODUCT), 'EX', 600)
   const handWritten = Fastify()
   handWritten.get<{ Params: { id: string } }>('/product/:id', async (request) => {
@@ -76,7 +89,7 @@ export async function run (): Promise<void> {
     await direct.set(`bench-b:product:${request.params.id}`, JSON.stringify(PRODUCT), 'EX', 600)
     return PRODUCT
   })
-  const l2 = await bootApp({ REDIS_URL: redis.url, CACHE_PREFIX: 'bench-b', CACHE_L1_MAX_ENTRIES: 0 }, (f) => f.get('/product/:id', { config: { cache: { ttl: 600 } } }, async () => PRODUCT))
+  const l2 = await bootApp({ REDIS_URL: url, CACHE_PREFIX: 'bench-b', CACHE_L1_MAX_ENTRIES: 0 }, (f) => f.get('/product/:id', { config: { cache: { ttl: 600 } } }, async () => PRODUCT))
   const handUrl = `${await listen(handWritten)}/product/1`
   const l2Url = `${await listen(l2)}/product/1`
   await httpLoad(l2Url, 1)
@@ -85,17 +98,19 @@ export async function run (): Promise<void> {
   await handWritten.close()
   await l2.close()
   direct.disconnect()
+}
 
-  // (c) in-process getOrSet hits: ours vs bentocache, both memory L1 + redis L2
+/** (c) in-process getOrSet hits: ours vs bentocache, both memory L1 + redis L2 */
+async function versusBentocache (url: string, rounds: number): Promise<void> {
   const { BentoCache, bentostore } = await import('bentocache')
   const { memoryDriver } = await import('bentocache/drivers/memory')
   const { redisDriver } = await import('bentocache/drivers/redis')
-  const bentoRedis = new Redis(redis.url)
+  const bentoRedis = new Redis(url)
   const bento = new BentoCache({
     default: 'cache',
     stores: { cache: bentostore().useL1Layer(memoryDriver({ maxItems: 10000 })).useL2Layer(redisDriver({ connection: bentoRedis })) }
   })
-  const ours = await bootApp({ REDIS_URL: redis.url, CACHE_PREFIX: 'bench-c' })
+  const ours = await bootApp({ REDIS_URL: url, CACHE_PREFIX: 'bench-c' })
   const keys = Array.from({ length: 100 }, (_v, i) => `product:${i}`)
   for (const key of keys) {
     await bento.getOrSet({ key, factory: () => PRODUCT, ttl: '10m' })
@@ -114,9 +129,6 @@ export async function run (): Promise<void> {
   await bento.disconnect()
   bentoRedis.disconnect()
   await ours.close()
-  await invalidationStall(redis.url)
-  await stampede(redis.url)
-  await cleanups.run()
 }
 
 /** (e) 1 000 concurrent cold requests for one key over HTTP, on one instance (tcp), three keys, medians. */
