@@ -5,7 +5,7 @@ import { bootFailed, demoRoutesWanted, processFastify, readProcessSettings } fro
 // booted as server.ts boots it (same env, same queue definitions) but never
 // listens; QUEUES_WORKERS is forced on. On SIGTERM active jobs get
 // QUEUES_DRAIN_MS to finish (keep it below CLOSE_GRACE_MS). A worker whose
-// queues are skipped (no TCP Redis), or that defines none, has nothing to do:
+// queues are skipped, that only has Upstash REST (producing only), or that defines none, has nothing to do:
 // it says why and exits 1.
 
 async function main (): Promise<void> {
@@ -17,8 +17,9 @@ async function main (): Promise<void> {
   } catch (err) {
     bootFailed(fastify, err)
   }
-  if (!fastify.queues.available) {
-    fastify.log.fatal({ reason: fastify.queues.reason }, `queues are not available, this worker has nothing to do: ${fastify.queues.reason}`)
+  if (!fastify.queues.available || !fastify.queues.workers) {
+    const why = fastify.queues.available ? `queues run on ${fastify.queues.tier ?? '?'}, where they only produce (${fastify.queues.reason})` : fastify.queues.reason
+    fastify.log.fatal({ reason: fastify.queues.reason }, `queues are not available, this worker has nothing to do: ${why}`)
     await fastify.close()
     process.exit(1)
   }

@@ -16,6 +16,8 @@ export interface FeatureRequirement {
    * on every tier. `<FEATURE>_ON_OUTAGE=memory` makes a memory-capable feature run in memory instead.
    */
   outage?: 'fail-open' | 'unavailable'
+  /** What the feature does differently on a tier (e.g. queues on rest only produce): added to the reason. */
+  notes?: Partial<Record<Tier, string>>
 }
 
 export type Resolution =
@@ -48,7 +50,10 @@ export function envPrefix (feature: string): string {
 export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, read: ReadVariable): Resolution {
   const { feature } = req
   const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })
-  const active = (tier: Tier, reason: string): Resolution => ({ feature, status: 'active', tier, reason, shared: tier !== 'memory' })
+  const active = (tier: Tier, reason: string): Resolution => {
+    const note = req.notes?.[tier]
+    return { feature, status: 'active', tier, reason: note === undefined ? reason : `${reason}; ${note}`, shared: tier !== 'memory' }
+  }
 
   if (!parseBooleanVariable(read, req.flag, true)) return skipped(`disabled by ${req.flag}=${read(req.flag) ?? ''}`)
 

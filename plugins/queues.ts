@@ -12,7 +12,10 @@ import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
 
-export const queuesRequirement: FeatureRequirement = { feature: 'queues', tiers: ['tcp'], fallback: 'skip', flag: 'QUEUES_ENABLED' }
+export const REST_PRODUCER_NOTE = 'producing only: workers need a TCP Redis; run `npm run worker` with REDIS_URL pointing at the same database'
+
+/** Producers run on tcp or Upstash REST; workers only on tcp (they block on Redis and hold connections). */
+export const queuesRequirement: FeatureRequirement = { feature: 'queues', tiers: ['tcp', 'rest'], fallback: 'skip', flag: 'QUEUES_ENABLED', notes: { rest: REST_PRODUCER_NOTE } }
 
 export type ProgressChannel = (queue: string, job: JobContext) => string | null
 
@@ -35,7 +38,7 @@ export interface Queues {
   readonly available: boolean
   readonly tier: Tier | null
   readonly reason: string
-  /** Whether this instance runs workers (QUEUES_WORKERS). */
+  /** Whether this instance runs workers: QUEUES_WORKERS, and only on tcp (on rest it produces only). */
   readonly workers: boolean
   /** How long close() lets active jobs run before the workers are closed anyway (QUEUES_DRAIN_MS). */
   readonly drainMs: number
@@ -134,12 +137,15 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       const { memoryBackend } = require('../lib/queues/memory') as typeof MemoryBackendModule
       return memoryBackend(events)
     }
-    const tcp = connections.tcp
-    if (resolution.tier !== 'tcp' || tcp === null) return null
+    const { tcp, rest } = connections
+    const connection = resolution.tier === 'tcp' && tcp !== null
+      ? { tier: 'tcp' as const, client: tcp }
+      : resolution.tier === 'rest' && rest !== null ? { tier: 'rest' as const, client: rest } : null
+    if (connection === null) return null
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use; the import above is types only
     const { bullmqBackend } = require('../lib/queues/bullmq') as typeof BullmqBackendModule
     return await bullmqBackend({
-      tcp,
+      connection,
       prefix: `${prefix}:queues`,
       commandTimeoutMs: timeoutMs,
       lockMs,
@@ -203,7 +209,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     get available () { return binding.backend !== null },
     get tier () { return binding.tier },
     get reason () { return binding.reason },
-    workers: runWorkers,
+    get workers () { return runWorkers && binding.tier !== 'rest' },
     drainMs,
 
     define (name, processor, options = {}) {
@@ -291,7 +297,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
         counts[name] = { error: (err as Error).message }
       }
     }))
-    return { workers: runWorkers, stats: queues.stats(), counts }
+    return { workers: queues.workers, stats: queues.stats(), counts }
   })
   fastify.decorate('queues', queues)
   // Workers start once the app is ready: every processor is defined and every plugin it may use is loaded.

@@ -52,8 +52,9 @@ t.test('rest: an Upstash endpoint that answers late is found by the re-probe', a
   t.teardown(async () => await bridge.close())
   await eventually(() => app.connections.tiers.rest.reachable, 3000, 'rest reachable')
   t.equal(await app.connections.rest?.set('k', 'v'), 'OK')
-  await eventually(() => (['cache', 'sse', 'presence'] as const).every((f) => app.features[f].tier === 'rest'), 500 + 1000, 'cache, sse and presence on rest')
-  t.match(app.features.queues, { status: 'skipped', reason: /queues need a TCP Redis \(REDIS_URL\); only Upstash REST .* is configured$/ }, 'queues stay skipped: they need tcp, and say what is configured')
+  await eventually(() => (['cache', 'sse', 'presence', 'queues'] as const).every((f) => app.features[f].tier === 'rest'), 500 + 1000, 'every feature on rest')
+  t.match(app.features.queues, { status: 'active', reason: /producing only: workers need a TCP Redis/ }, 'queues produce over REST, and say where workers run')
+  t.equal(app.queues.workers, false)
   t.match((await app.inject('/health')).json(), { tiers: { rest: { reachable: true, lastError: null } } })
 })
 

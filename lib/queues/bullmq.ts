@@ -1,6 +1,8 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
 import type { Redis } from 'ioredis'
+import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { closeTcp } from '../tiers/tcp'
+import { RestBullmqClient } from './rest-client'
 import { settledWithin, withTimeout } from '../deadline'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './backend'
 
@@ -9,11 +11,16 @@ import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleI
 // queue off, bounded retries, command timeout), so `add` during an outage
 // rejects instead of hanging; workers get connections with
 // `maxRetriesPerRequest: null` and no command timeout, since their blocking
-// fetch must be allowed to wait and must never be given up on.
+// fetch must be allowed to wait and must never be given up on. Over Upstash
+// REST the same queues only produce (and read): BullMQ's client contract is
+// implemented over HTTP by rest-client.ts, and workers run on a TCP Redis.
 
 export interface BullmqSettings {
-  /** The app's shared tcp client: its options (host, auth, TLS, backoff) are the base of every queue connection. */
-  tcp: Redis
+  /**
+   * tcp: the app's shared tcp client, whose options (host, auth, TLS, backoff) are the base of
+   * every queue connection; rest: the REST client, for producing only (no workers).
+   */
+  connection: { tier: 'tcp', client: Redis } | { tier: 'rest', client: UpstashRedis }
   /** Key prefix; BullMQ's own default is `bull`. */
   prefix: string
   commandTimeoutMs: number
@@ -42,16 +49,9 @@ function context (queue: string, job: Job): JobContext {
 
 /** Resolves once the producer connection is up (or has failed within the command timeout: it keeps reconnecting). */
 export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBackend> {
-  const producer = settings.tcp.duplicate({ connectionName: 'redis-tiers-queues' })
-  producer.on('error', settings.onError)
-  await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
-  const workerConnection: BullmqRedisOptions = {
-    ...settings.tcp.options,
-    maxRetriesPerRequest: null,
-    enableOfflineQueue: true,
-    commandTimeout: undefined,
-    connectionName: 'redis-tiers-worker'
-  } as BullmqRedisOptions
+  const { producer, workerConnection } = settings.connection.tier === 'tcp'
+    ? await tcpConnections(settings.connection.client, settings)
+    : { producer: new RestBullmqClient(settings.connection.client), workerConnection: null }
   const queues = new Map<string, Queue>()
   const workers = new Map<string, Worker>()
   let started = false
@@ -60,7 +60,7 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
   function ready (name: string): Queue {
     const queue = queues.get(name)
     if (queue === undefined) throw new Error(`queue ${name} is not defined`)
-    if (producer.status !== 'ready') throw new Error(`the tcp Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
+    if (producer.status !== 'ready') throw new Error(`the ${settings.connection.tier} Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
     return queue
   }
 
@@ -95,7 +95,7 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
       const queue = new Queue(name, { connection: producer, prefix: settings.prefix, defaultJobOptions: defaults })
       queue.on('error', settings.onError)
       queues.set(name, queue)
-      if (!worker) return
+      if (!worker || workerConnection === null) return
       const w = new Worker(name, async (job: Job) => await processor(context(name, job)), {
         connection: workerConnection,
         prefix: settings.prefix,
@@ -192,11 +192,27 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
       const reclose = all.map(async (w, i) => { await pausing[i]; await w.disconnect().catch(() => {}) })
       await settledWithin(Promise.all(reclose), settings.commandTimeoutMs)
       await Promise.all([...queues.values()].map(async (q) => await q.close().catch(() => {})))
-      await closeTcp(producer, settings.commandTimeoutMs)
+      if (producer instanceof RestBullmqClient) producer.disconnect()
+      else await closeTcp(producer, settings.commandTimeoutMs)
       workers.clear()
       queues.clear()
     }
   }
+}
+
+/** The producers' shared connection (fails fast) and the options of the workers' own (blocking, patient). */
+async function tcpConnections (tcp: Redis, settings: BullmqSettings): Promise<{ producer: Redis, workerConnection: BullmqRedisOptions }> {
+  const producer = tcp.duplicate({ connectionName: 'redis-tiers-queues' })
+  producer.on('error', settings.onError)
+  await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
+  const workerConnection = {
+    ...tcp.options,
+    maxRetriesPerRequest: null,
+    enableOfflineQueue: true,
+    commandTimeout: undefined,
+    connectionName: 'redis-tiers-worker'
+  } as BullmqRedisOptions
+  return { producer, workerConnection }
 }
 
 /** close(true) gives up on active jobs; if even that waits on a Redis that is away, cut the sockets. */
