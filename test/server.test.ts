@@ -4,6 +4,7 @@ import { once } from 'node:events'
 import path from 'node:path'
 import { freePort, startRedisServer } from './helpers/redis-server'
 import { build, eventually } from './helpers/build'
+import { startRestServer } from './helpers/rest-server'
 
 // server.ts and worker.ts as a newcomer runs them: real processes, JSON logs
 // on stdout, a real port, signals.
@@ -102,7 +103,13 @@ t.test('worker.ts runs the queue workers without HTTP, drains on SIGTERM, and ex
   const idle = startServer(t, {}, 'worker.ts')
   const [idleCode] = await once(idle.child, 'exit') as [number | null]
   t.equal(idleCode, 1)
-  t.match(idle.output(), /queues are not available, this worker has nothing to do: queues need a TCP Redis \(REDIS_URL\); no Redis configured/)
+  t.match(idle.output(), /queues are not available, this worker has nothing to do: queues need a TCP Redis \(REDIS_URL\) or Upstash REST .*; no Redis configured/)
+
+  const rest = await startRestServer(t, redis)
+  const restOnly = startServer(t, { UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, DEMO_ROUTES: 'true' }, 'worker.ts')
+  const [restCode] = await once(restOnly.child, 'exit') as [number | null]
+  t.equal(restCode, 1)
+  t.match(restOnly.output(), /this worker has nothing to do: queues run on rest, where they only produce \(.*workers need a TCP Redis/)
 })
 
 const DEMO_PATHS = [['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/jobs/report/1'],
