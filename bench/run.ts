@@ -1,12 +1,13 @@
 import { run as boot } from './boot'
 import { run as connections } from './connections'
+import { run as cluster } from './cluster'
 import { run as cache } from './cache'
 import { run as sse } from './sse'
 import { run as presence } from './presence'
 import { run as queues } from './queues'
 
 // `npm run bench` runs every benchmark; `npm run bench -- cache` one of them.
-const benches: Record<string, () => Promise<void>> = { boot, connections, cache, sse, presence, queues }
+const benches: Record<string, () => Promise<void>> = { boot, connections, cluster, cache, sse, presence, queues }
 
 async function main (): Promise<void> {
   const wanted = process.argv.slice(2)

@@ -7,6 +7,8 @@ export type EnvInput = Record<string, string | number | boolean | undefined>
 export interface ConnectionSettings {
   NODE_ENV?: string
   REDIS_URL?: string
+  /** More cluster seed nodes, `host:port,host:port` (the first seed is REDIS_URL's). */
+  REDIS_CLUSTER_NODES?: string
   REDIS_HOST?: string
   REDIS_PORT?: number
   REDIS_USERNAME?: string
@@ -42,7 +44,7 @@ export function loadSettings (base: EnvInput, overrides: EnvInput = {}): Setting
   return { connection: parseConnectionSettings((name) => env[name]), env }
 }
 
-const TEXT_VARIABLES = ['NODE_ENV', 'REDIS_URL', 'REDIS_HOST', 'REDIS_USERNAME', 'REDIS_PASSWORD', 'UPSTASH_REDIS_REST_URL', 'UPSTASH_REDIS_REST_TOKEN', 'KV_REST_API_URL', 'KV_REST_API_TOKEN'] as const
+const TEXT_VARIABLES = ['NODE_ENV', 'REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_HOST', 'REDIS_USERNAME', 'REDIS_PASSWORD', 'UPSTASH_REDIS_REST_URL', 'UPSTASH_REDIS_REST_TOKEN', 'KV_REST_API_URL', 'KV_REST_API_TOKEN'] as const
 
 // Hand-parsed with the same helpers as every feature variable (one message
 // shape everywhere), rather than through a JSON-schema compiler of its own:

@@ -12,6 +12,8 @@ export interface RedisCommands {
   /** DEL that frees the memory in the background (large sets do not stall Redis). */
   unlink: (keys: string[]) => Promise<number>
   publish: (channel: string, message: string) => Promise<number>
+  /** A Redis Cluster: a script's keys must share a slot, and `scan` walks every master. */
+  readonly cluster: boolean
   /** Commands sent so far (round trips). */
   readonly sent: () => number
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import type { Redis } from 'ioredis'
+import type { TcpClient } from '../lib/tiers/tcp'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { loadSettings, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
 import type { TargetResult } from '../lib/targets'
@@ -58,7 +58,8 @@ export interface Connections {
   /** Each tier's live state: the same objects for the life of the app. */
   readonly tiers: Readonly<Record<RedisTier, TierState>>
   /** The shared ioredis client (commands fail fast while disconnected), or null until tcp has been reached. */
-  readonly tcp: Redis | null
+  /** One Redis, or a Redis Cluster (`isCluster`) when REDIS_URL names a node of one. */
+  readonly tcp: TcpClient | null
   /** The shared @upstash/redis client, or null until rest has been reached. */
   readonly rest: UpstashRedis | null
   /**
@@ -227,13 +228,22 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
     const down = [...inUse].some((t) => !tiers[t].reachable)
     const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable)
-    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: structuredClone(tiers), features: reported }
+    const report: HealthReport['tiers'] = structuredClone(tiers)
+    for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier))
+    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: report, features: reported }
+  }
+
+  /** The driver's own words on the connected client (a cluster: mode, masters, nodes and which are down). */
+  async function describeTier (tier: RedisTier): Promise<Record<string, unknown>> {
+    const t = live.get(tier)
+    const client = t?.client() ?? null
+    return t?.driver.describe !== undefined && client !== null ? await t.driver.describe(client).catch(() => ({})) : {}
   }
 
   fastify.decorate('features', features)
   fastify.decorate('connections', {
     tiers,
-    get tcp () { return clientOf('tcp') as Redis | null },
+    get tcp () { return clientOf('tcp') as TcpClient | null },
     get rest () { return clientOf('rest') as UpstashRedis | null },
     on (event: 'tier' | 'change', listener: (change: never) => void) {
       const handler = listener as (change: unknown) => void
@@ -264,9 +274,11 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     for (const tier of ['tcp', 'rest'] as const) {
       const s = tiers[tier]
       const retried = live.has(tier) ? `; retrying in the background (at most every ${reprobeMaxMs} ms)` : ''
-      const text = !s.configured ? 'not configured' : s.reachable ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}) in ${s.latencyMs ?? '?'} ms` : `unavailable: ${s.lastError ?? ''}${retried}`
+      const described = await describeTier(tier)
+      const cluster = described.mode === 'cluster' ? `, a Redis Cluster of ${String(described.masters)} masters` : ''
+      const text = !s.configured ? 'not configured' : s.reachable ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) in ${s.latencyMs ?? '?'} ms` : `unavailable: ${s.lastError ?? ''}${retried}`
       const level = s.configured && !s.reachable ? 'warn' : 'info'
-      log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs }, `tier ${tier}: ${text}`)
+      log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs, mode: described.mode }, `tier ${tier}: ${text}`)
     }
     const names = Object.keys(features)
     if (names.length === 0) log.info('features: none registered')

@@ -11,6 +11,7 @@ import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
+import { isCluster } from '../lib/tiers/tcp'
 
 export const REST_PRODUCER_NOTE = 'producing only: workers need a TCP Redis; run `npm run worker` with REDIS_URL pointing at the same database'
 
@@ -146,7 +147,8 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     const { bullmqBackend } = require('../lib/queues/bullmq') as typeof BullmqBackendModule
     return await bullmqBackend({
       connection,
-      prefix: `${prefix}:queues`,
+      // On a Redis Cluster BullMQ needs every key of a queue in one slot: a hash-tagged prefix, as its docs say.
+      prefix: connection.tier === 'tcp' && isCluster(connection.client) ? `{${prefix}:queues}` : `${prefix}:queues`,
       commandTimeoutMs: timeoutMs,
       lockMs,
       events,

@@ -11,6 +11,10 @@ import type { RedisCommands } from '../redis-commands'
 //                      follows the live entries; it lives as long as its longest member
 // Nothing here runs unbounded inside Redis: an invalidation deletes at most
 // INVALIDATE_BATCH keys per script call, clear() unlinks one SCAN page at a time.
+// On a Redis Cluster entries spread over the slots (one key per entry, no
+// namespace-wide hash tag), so a script touches one key only: a write is its
+// SET script plus one script per tag, sent together; an invalidation pops each
+// tag's members in the tag's slot, then unlinks them per slot and publishes.
 
 /** What is stored: the value and when it stops being fresh (it may be kept longer to serve stale on error). */
 export interface Envelope {
@@ -84,6 +88,25 @@ end
 if #removed > 0 then redis.call('PUBLISH', ARGV[1], cjson.encode({ from = ARGV[2], keys = removed })) end
 return { left, removed }`
 
+// KEYS: tag key. ARGV: value key, keep ms. A tag's part of a write on a cluster.
+const TAG_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + keep, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return 1`
+
+// KEYS: tag key. ARGV: batch. Prunes what expired, removes and returns up to `batch` live members, and how many are left.
+const POP_TAG_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
+return { redis.call('ZCARD', KEYS[1]), members }`
+
 export function escapeGlob (text: string): string {
   return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`)
 }
@@ -93,16 +116,45 @@ export function redisCacheStore (commands: RedisCommands, prefix: string, channe
   const tagKey = (tag: string): string => `${prefix}:t:${tag}`
   const message = (m: Omit<InvalidationMessage, 'from'>): string => JSON.stringify({ from: instanceId, ...m })
 
+  /** Cluster: each tag's members popped in its own slot, then unlinked per slot, then one message. */
+  async function invalidateAcrossSlots (tags: readonly string[]): Promise<string[]> {
+    const removed: string[] = []
+    await Promise.all([...new Set(tags)].map(async (tag) => {
+      for (let left = Infinity, calls = Infinity, call = 0; left > 0 && call < calls; call++) {
+        const [remaining, members] = await commands.eval(POP_TAG_SCRIPT, [tagKey(tag)], [INVALIDATE_BATCH]) as [number, string[]]
+        left = Number(remaining)
+        if (call === 0) calls = 1 + Math.ceil(left / INVALIDATE_BATCH)
+        if (members.length > 0) await commands.unlink(members.map(String))
+        removed.push(...members.map((k) => String(k).slice(valueKey('').length)))
+      }
+    }))
+    if (removed.length > 0) await commands.publish(channel, message({ keys: removed }))
+    return removed
+  }
+
   return {
     get: (key) => commands.get(valueKey(key)),
     async set (key, envelopeJson, keepMs, tags) {
-      await commands.eval(SET_SCRIPT, [valueKey(key), ...tags.map(tagKey)], [envelopeJson, keepMs, channel, message({ keys: [key] })])
+      if (!commands.cluster) {
+        await commands.eval(SET_SCRIPT, [valueKey(key), ...tags.map(tagKey)], [envelopeJson, keepMs, channel, message({ keys: [key] })])
+        return
+      }
+      await Promise.all([
+        commands.eval(SET_SCRIPT, [valueKey(key)], [envelopeJson, keepMs, channel, message({ keys: [key] })]),
+        ...tags.map(async (tag) => await commands.eval(TAG_SCRIPT, [tagKey(tag)], [valueKey(key), keepMs]))
+      ])
     },
     async del (keys) {
       if (keys.length === 0) return
-      await commands.eval(DEL_SCRIPT, keys.map(valueKey), [channel, message({ keys: [...keys] })])
+      if (!commands.cluster) {
+        await commands.eval(DEL_SCRIPT, keys.map(valueKey), [channel, message({ keys: [...keys] })])
+        return
+      }
+      await commands.unlink(keys.map(valueKey))
+      await commands.publish(channel, message({ keys: [...keys] }))
     },
     async invalidateTags (tags) {
+      if (commands.cluster) return await invalidateAcrossSlots(tags)
       const removed: string[] = []
       let pending = [...new Set(tags)]
       // Bounded by the first answer: writes that keep tagging during the invalidation cannot keep it going forever.

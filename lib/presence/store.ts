@@ -118,7 +118,8 @@ function entry (row: Row): PresenceEntry {
 }
 
 export function redisPresenceStore (commands: RedisCommands, prefix: string, channel: string, times: PresenceTimes): PresenceStore {
-  const base = `${prefix}:presence:`
+  // On a Redis Cluster one hash tag puts every presence key in one slot: each script stays one round trip.
+  const base = commands.cluster ? `{${prefix}:presence}:` : `${prefix}:presence:`
   const online = `${base}online`
   const keys = (user: string): string[] => [online, `${base}dev:${user}`, `${base}info:${user}`]
   const cutoff = (now: number): number => now - times.ttlMs

@@ -1,7 +1,7 @@
 import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { Cluster } from 'ioredis'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { closeTcp } from '../tiers/tcp'
+import { closeTcp, duplicateTcp, isCluster, type TcpClient } from '../tiers/tcp'
 import { RestBullmqClient } from './rest-client'
 import { settledWithin, withTimeout } from '../deadline'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './backend'
@@ -20,7 +20,7 @@ export interface BullmqSettings {
    * tcp: the app's shared tcp client, whose options (host, auth, TLS, backoff) are the base of
    * every queue connection; rest: the REST client, for producing only (no workers).
    */
-  connection: { tier: 'tcp', client: Redis } | { tier: 'rest', client: UpstashRedis }
+  connection: { tier: 'tcp', client: TcpClient } | { tier: 'rest', client: UpstashRedis }
   /** Key prefix; BullMQ's own default is `bull`. */
   prefix: string
   commandTimeoutMs: number
@@ -194,24 +194,32 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
       await Promise.all([...queues.values()].map(async (q) => await q.close().catch(() => {})))
       if (producer instanceof RestBullmqClient) producer.disconnect()
       else await closeTcp(producer, settings.commandTimeoutMs)
+      if (workerConnection !== null && isTcpClient(workerConnection)) await closeTcp(workerConnection, settings.commandTimeoutMs)
       workers.clear()
       queues.clear()
     }
   }
 }
 
-/** The producers' shared connection (fails fast) and the options of the workers' own (blocking, patient). */
-async function tcpConnections (tcp: Redis, settings: BullmqSettings): Promise<{ producer: Redis, workerConnection: BullmqRedisOptions }> {
-  const producer = tcp.duplicate({ connectionName: 'redis-tiers-queues' })
+function isTcpClient (connection: BullmqRedisOptions | Cluster): connection is Cluster {
+  return (connection as Partial<Cluster>).isCluster === true
+}
+
+/**
+ * The producers' shared connection (fails fast) and the workers' own (blocking, patient): options
+ * BullMQ connects with, or on a Redis Cluster a Cluster client BullMQ duplicates for each worker.
+ */
+async function tcpConnections (tcp: TcpClient, settings: BullmqSettings): Promise<{ producer: TcpClient, workerConnection: BullmqRedisOptions | Cluster }> {
+  const producer = duplicateTcp(tcp, 'redis-tiers-queues')
   producer.on('error', settings.onError)
   await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
-  const workerConnection = {
-    ...tcp.options,
-    maxRetriesPerRequest: null,
-    enableOfflineQueue: true,
-    commandTimeout: undefined,
-    connectionName: 'redis-tiers-worker'
-  } as BullmqRedisOptions
+  const patient = { maxRetriesPerRequest: null, enableOfflineQueue: true, commandTimeout: undefined }
+  if (isCluster(tcp)) {
+    const workers = duplicateTcp(tcp, 'redis-tiers-worker', patient) as Cluster
+    workers.on('error', settings.onError)
+    return { producer, workerConnection: workers }
+  }
+  const workerConnection = { ...tcp.options, ...patient, connectionName: 'redis-tiers-worker' } as BullmqRedisOptions
   return { producer, workerConnection }
 }
 

@@ -42,4 +42,6 @@ export interface TierDriver<Client = unknown> {
   transport: (client: Client, onError: (err: Error) => void) => (deliver: Deliver, resumed: Resumed) => BusTransport
   watch: (client: Client, signals: LiveSignals) => void
   close: (client: Client) => Promise<void>
+  /** What /health and the boot report add about the connected client (e.g. a cluster's mode and nodes). */
+  describe?: (client: Client) => Promise<Record<string, unknown>>
 }

@@ -1,6 +1,5 @@
-import type { Redis } from 'ioredis'
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import { closeTcp } from './tcp'
+import { closeTcp, duplicateTcp, type TcpClient } from './tcp'
 import { withTimeout } from '../deadline'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is
@@ -8,15 +7,15 @@ import { withTimeout } from '../deadline'
 // `ready`), and every `ready` after a reconnect subscribes all wanted
 // channels again, so a Redis restart does not leave the bus deaf.
 
-export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onError: (err: Error) => void) {
+export function tcpTransport (publisher: TcpClient, commandTimeoutMs: number, onError: (err: Error) => void) {
   return (deliver: Deliver, resumed: Resumed): BusTransport => {
     const wanted = new Set<string>()
-    let subscriber: Redis | undefined
+    let subscriber: TcpClient | undefined
     let closed = false
 
-    function connection (): Redis {
+    function connection (): TcpClient {
       if (subscriber !== undefined) return subscriber
-      const sub = publisher.duplicate({ connectionName: 'redis-tiers-subscriber' })
+      const sub = duplicateTcp(publisher, 'redis-tiers-subscriber')
       sub.on('error', onError)
       sub.on('message', (channel: string, text: string) => deliver(channel, text))
       let connectedBefore = false
@@ -33,7 +32,7 @@ export function tcpTransport (publisher: Redis, commandTimeoutMs: number, onErro
       return sub
     }
 
-    async function untilReady (sub: Redis): Promise<void> {
+    async function untilReady (sub: TcpClient): Promise<void> {
       if (sub.status === 'ready') return
       let ready = (): void => {}
       try {

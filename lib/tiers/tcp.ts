@@ -1,12 +1,14 @@
 import { once } from 'node:events'
 import { createHash } from 'node:crypto'
-import type { Redis, RedisOptions } from 'ioredis'
+import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from 'ioredis'
+import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
 import type { RedisCommands } from '../redis-commands'
 import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
+import { ConfigError } from '../errors'
 import { withTimeout } from '../deadline'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
@@ -15,6 +17,20 @@ import { withTimeout } from '../deadline'
 // the connection come back on its own.
 
 export const MAX_RECONNECT_DELAY_MS = 5000
+
+/** The tcp tier's client: one Redis, or a Redis Cluster (detected at the probe). */
+export type TcpClient = Redis | Cluster
+
+export function isCluster (client: TcpClient): client is Cluster {
+  return (client as Partial<Cluster>).isCluster === true
+}
+
+/** Another connection with the same settings (a Cluster duplicates as a Cluster). */
+export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}): TcpClient {
+  if (!isCluster(client)) return client.duplicate({ connectionName, ...overrides })
+  const { redisOptions } = client.options
+  return client.duplicate([], { ...client.options, redisOptions: { ...redisOptions, connectionName, ...overrides }, ...(overrides.enableOfflineQueue !== undefined ? { enableOfflineQueue: overrides.enableOfflineQueue } : {}) })
+}
 
 function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
   return {
@@ -47,7 +63,7 @@ function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
  * capped backoff); on failure it is disconnected so that nothing keeps
  * trying in the background.
  */
-async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: number): Promise<ProbeResult<Redis>> {
+async function probeTcp (target: TcpTarget, seeds: ClusterNode[], timeouts: TierTimeouts, deadlineMs: number): Promise<ProbeResult<TcpClient>> {
   const { Redis } = await loadIoredis()
   // During the probe the ready check (INFO) and PING get the whole deadline, then the runtime command timeout applies.
   const client = new Redis({ ...tcpOptions(target, timeouts), commandTimeout: deadlineMs })
@@ -60,6 +76,16 @@ async function probeTcp (target: TcpTarget, timeouts: TierTimeouts, deadlineMs: 
     await Promise.race([client.ping(), once(deadline, 'abort')])
     if (deadline.aborted) throw new ProbeTimeout('PING timed out')
     const latencyMs = Math.round((performance.now() - started) * 100) / 100
+    if (/cluster_enabled:1/.test(await client.info('cluster'))) {
+      // Asked of this node first: a Cluster client never becomes ready on a cluster that is down.
+      const info = String(await client.cluster('INFO'))
+      const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown'
+      if (state !== 'ok') {
+        throw new Error(`Redis Cluster state is ${state} (${/cluster_slots_ok:(\d+)/.exec(info)?.[1] ?? '?'} of 16384 slots served): it cannot serve every key; check it with redis-cli --cluster check ${target.host}:${target.port}`)
+      }
+      client.disconnect()
+      return await probeCluster(target, seeds, timeouts, deadline)
+    }
     client.options.commandTimeout = timeouts.commandTimeoutMs // read per command by ioredis
     return { ok: true, client, latencyMs }
   } catch (err) {
@@ -77,8 +103,54 @@ async function loadIoredis (): Promise<NonNullable<typeof ioredis>> {
   return ioredis
 }
 
+/**
+ * REDIS_URL named one node of a Redis Cluster: connect with ioredis's Cluster
+ * client, seeded from it (and REDIS_CLUSTER_NODES), with the same auth, TLS and
+ * fail-fast options, and accept it only if the cluster says its state is ok.
+ */
+async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: TierTimeouts, deadline: AbortSignal): Promise<ProbeResult<TcpClient>> {
+  const { Cluster } = await loadIoredis()
+  // Per-node options: the cluster client owns the addresses, connecting and retrying; a cluster has only db 0.
+  const redisOptions = tcpOptions(target, timeouts)
+  for (const owned of ['host', 'port', 'db', 'lazyConnect', 'retryStrategy'] as const) delete redisOptions[owned]
+  const options: ClusterOptions = {
+    redisOptions,
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    enableReadyCheck: true,
+    clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
+    retryDelayOnFailover: 100,
+    retryDelayOnClusterDown: 100,
+    slotsRefreshTimeout: timeouts.connectTimeoutMs,
+    // Managed clusters over TLS announce names their certificates are issued for: do not resolve them to IPs first.
+    ...(target.tls ? { dnsLookup: (address: string, callback: (err: Error | null, address: string) => void) => callback(null, address) } : {})
+  }
+  const cluster = new Cluster([{ host: target.host, port: target.port }, ...seeds], options)
+  cluster.on('error', () => {})
+  try {
+    cluster.connect().catch(() => {}) // the same failure arrives as the `error` event awaited below
+    await once(cluster, 'ready', { signal: deadline })
+    const started = performance.now()
+    await cluster.ping()
+    return { ok: true, client: cluster, latencyMs: Math.round((performance.now() - started) * 100) / 100 }
+  } catch (err) {
+    cluster.disconnect()
+    return { ok: false, error: deadline.aborted ? new ProbeTimeout('probe timed out') : (err as Error) }
+  }
+}
+
+/** REDIS_CLUSTER_NODES: `host:port,host:port`; a malformed entry is an error naming it. */
+export function clusterSeeds (raw: string | undefined): ClusterNode[] {
+  if (raw === undefined) return []
+  return raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map((entry) => {
+    const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(entry)
+    if (match === null) throw new ConfigError(`Invalid configuration: REDIS_CLUSTER_NODES entry "${entry.slice(0, 60)}" is not host:port (e.g. 10.0.0.2:6379,10.0.0.3:6379)`)
+    return { host: match[1], port: Number(match[2]) }
+  })
+}
+
 /** Ask the server to close, but never wait longer than `ms`. */
-export async function closeTcp (client: Redis, ms: number): Promise<void> {
+export async function closeTcp (client: TcpClient, ms: number): Promise<void> {
   if (client.status === 'end') return
   if (client.status !== 'ready') {
     client.disconnect()
@@ -95,7 +167,7 @@ export async function closeTcp (client: Redis, ms: number): Promise<void> {
 }
 
 /** PING with its own deadline, independent of the client's command timeout. */
-async function pingTcp (client: Redis, ms: number): Promise<number> {
+async function pingTcp (client: TcpClient, ms: number): Promise<number> {
   const started = performance.now()
   await withTimeout(client.ping(), ms, () => new ProbeTimeout(`no PING reply within ${ms} ms`))
   return Math.round((performance.now() - started) * 100) / 100
@@ -105,7 +177,7 @@ function sha1 (text: string): string {
   return createHash('sha1').update(text).digest('hex')
 }
 
-function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
+function tcpCommands (client: TcpClient, timeoutMs: number): RedisCommands {
   // There is a client, so a probe succeeded and loaded ioredis.
   const { Command } = ioredis as NonNullable<typeof ioredis>
   let sent = 0
@@ -134,18 +206,51 @@ function tcpCommands (client: Redis, timeoutMs: number): RedisCommands {
         return await send('eval', [script, keys.length, ...keys, ...args])
       }
     },
-    scan: async (cursor, match, count) => await send<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
-    unlink: async (keys) => await send<number>('unlink', [...keys]),
+    scan: isCluster(client) ? clusterScan(client) : async (cursor, match, count) => await send<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
+    // A multi-key command must stay within one slot on a cluster: one UNLINK per slot, sent together.
+    unlink: isCluster(client)
+      ? async (keys) => (await Promise.all([...bySlot(keys).values()].map(async (group) => await send<number>('unlink', group)))).reduce((a, b) => a + b, 0)
+      : async (keys) => await send<number>('unlink', [...keys]),
     publish: async (channel, message) => await send<number>('publish', [channel, message]),
+    cluster: isCluster(client),
     sent: () => sent
   }
 }
 
+function bySlot (keys: readonly string[]): Map<number, string[]> {
+  const groups = new Map<number, string[]>()
+  for (const key of keys) {
+    const slot = calculateSlot(key)
+    const group = groups.get(slot)
+    if (group === undefined) groups.set(slot, [key])
+    else group.push(key)
+  }
+  return groups
+}
+
+/**
+ * SCAN over every master of a cluster, one after the other, behind one cursor:
+ * `<master index>:<that master's cursor>`, and '0' when the last one is done.
+ */
+function clusterScan (cluster: Cluster): RedisCommands['scan'] {
+  return async (cursor, match, count) => {
+    const masters = cluster.nodes('master')
+    const [index, inner] = cursor === '0' ? [0, '0'] : cursor.split(':')
+    const i = Number(index)
+    const node = masters[i]
+    if (node === undefined) return ['0', []]
+    const [next, keys] = await node.scan(inner, 'MATCH', match, 'COUNT', count)
+    if (next !== '0') return [`${i}:${next}`, keys]
+    return [i + 1 < masters.length ? `${i + 1}:0` : '0', keys]
+  }
+}
+
 /** The tcp tier, when REDIS_URL or REDIS_HOST configure one. */
-export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<Redis>> {
+export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
   const result = tcpTarget(settings)
   if (result.status !== 'ok') return result
   const target = result.target
+  const seeds = clusterSeeds(settings.REDIS_CLUSTER_NODES)
   return {
     status: 'ok',
     target: {
@@ -159,7 +264,7 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
         timeoutMs: timeouts.connectTimeoutMs
       },
       secrets: target.password !== undefined ? [target.password] : [],
-      probe: async (deadlineMs) => await probeTcp(target, timeouts, deadlineMs),
+      probe: async (deadlineMs) => await probeTcp(target, seeds, timeouts, deadlineMs),
       ping: pingTcp,
       commands: tcpCommands,
       transport: (client, onError) => tcpTransport(client, timeouts.commandTimeoutMs, onError),
@@ -169,7 +274,17 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
         client.on('close', () => signals.down())
         client.on('ready', () => signals.up())
       },
-      close: async (client) => await closeTcp(client, timeouts.commandTimeoutMs)
+      close: async (client) => await closeTcp(client, timeouts.commandTimeoutMs),
+      async describe (client) {
+        if (!isCluster(client)) return { mode: 'single' }
+        // The cluster's own view (CLUSTER NODES): ioredis forgets a node once it left the slot map.
+        const text = await withTimeout(client.cluster('NODES'), timeouts.commandTimeoutMs).then(String, () => '')
+        const nodes = text.split('\n').filter((line) => line.trim() !== '').map((line) => {
+          const [, address = '', flags = ''] = line.split(' ')
+          return { address: address.replace(/@.*$/, ''), role: /master/.test(flags) ? 'master' : 'replica', status: /fail/.test(flags) ? 'down' : 'up' }
+        })
+        return { mode: 'cluster', masters: nodes.filter((n) => n.role === 'master' && n.status === 'up').length, nodes, down: nodes.filter((n) => n.status === 'down').map((n) => n.address) }
+      }
     }
   }
 }

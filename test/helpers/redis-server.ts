@@ -16,6 +16,8 @@ export interface RedisServerOptions {
   appendonly?: boolean
   /** Listen on this port (default: a free one), e.g. one an app was configured with before Redis started. */
   port?: number
+  /** More redis-server arguments (e.g. --cluster-enabled yes). */
+  extraArgs?: string[]
 }
 
 export interface RedisServer {
@@ -76,6 +78,7 @@ export async function startRedisServer (t: Teardown, opts: RedisServerOptions = 
     '--appendonly', opts.appendonly === true ? 'yes' : 'no', '--appendfsync', 'always'
   ]
   if (opts.password !== undefined) args.push('--requirepass', opts.password)
+  if (opts.extraArgs !== undefined) args.push(...opts.extraArgs)
   // redis-server runs under a small sh guard that kills it when our stdin pipe
   // closes, so a test process that crashes or is killed leaves no Redis behind.
   const guard = 'redis-server "$@" & pid=$!; echo "$pid"; read _; kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 0'

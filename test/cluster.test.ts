@@ -1,0 +1,132 @@
+import t from 'tap'
+import type { AddressInfo } from 'node:net'
+import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
+import { build, eventually } from './helpers/build'
+import { startRedisServer } from './helpers/redis-server'
+import { startRedisCluster, type RedisCluster } from './helpers/redis-cluster'
+import { connectSse } from './helpers/sse-client'
+import type { EnvInput } from '../lib/config'
+
+// Redis Cluster, for real: 3 masters started with --cluster-enabled yes and
+// joined by redis-cli --cluster create, two app instances on it. Kept in its
+// own file: it starts its own cluster (and one with replicas for failover).
+
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 3000, REDIS_COMMAND_TIMEOUT_MS: 1000, QUEUES_DRAIN_MS: 1000, CACHE_PREFIX: 'cl', SSE_PREFIX: 'cl', PRESENCE_PREFIX: 'cl', QUEUES_PREFIX: 'cl' }
+
+/** Keys under `match` on each master, by port. */
+async function keysPerMaster (cluster: RedisCluster, match: string): Promise<number[]> {
+  return await Promise.all((await cluster.masters()).map(async (node) => {
+    const client = new Redis({ port: node.port, host: '127.0.0.1' })
+    try {
+      let cursor = '0'
+      let count = 0
+      do {
+        const [next, keys] = await client.scan(cursor, 'MATCH', match, 'COUNT', 1000)
+        count += keys.length
+        cursor = next
+      } while (cursor !== '0')
+      return count
+    } finally {
+      client.disconnect()
+    }
+  }))
+}
+
+async function serve (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+}
+
+t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
+  const cluster = await startRedisCluster(t, { masters: 3 })
+  const env: EnvInput = { ...BASE, REDIS_URL: cluster.url }
+  const a = await build(t, env)
+  const b = await build(t, env)
+
+  t.test('is detected and reported as a cluster, and every feature runs on it', async (t) => {
+    const health = (await a.app.inject('/health')).json<{ status: string, tiers: { tcp: Record<string, unknown> } }>()
+    t.equal(health.status, 'ok')
+    t.match(health.tiers.tcp, { reachable: true, mode: 'cluster', masters: 3, down: [] })
+    t.ok(a.logs().some((l) => /^tier tcp: reachable at .* \(REDIS_URL, a Redis Cluster of 3 masters\)/.test(l.msg)), 'the boot report')
+    t.same((['cache', 'sse', 'presence', 'queues'] as const).map((f) => a.app.features[f].tier), ['tcp', 'tcp', 'tcp', 'tcp'])
+  })
+
+  t.test('cache: entries spread over the masters; a write on A is a hit on B; tags and clear() across slots', async (t) => {
+    for (let i = 0; i < 60; i++) await a.app.cache.set(`item:${i}`, { i }, { ttl: 60, tags: ['items', `group:${i % 3}`] })
+    const spread = await keysPerMaster(cluster, 'cl:c:*')
+    t.equal(spread.reduce((x, y) => x + y, 0), 60, '60 entries stored')
+    t.ok(spread.filter((n) => n > 0).length >= 2, `on several masters: ${spread.join(', ')}`)
+    t.same(await b.app.cache.get('item:7'), { i: 7 })
+    t.same(await b.app.cache.get('item:8'), { i: 8 }, 'now in B\'s L1 too')
+    await a.app.cache.invalidateTags(['group:1'])
+    t.equal(await a.app.cache.get('item:7'), undefined, 'tagged entry gone')
+    await eventually(async () => (await b.app.cache.get('item:7')) === undefined, 3000, 'gone from B\'s L1 too')
+    t.same(await b.app.cache.get('item:8'), { i: 8 }, 'other tags untouched')
+    t.equal((await keysPerMaster(cluster, 'cl:c:*')).reduce((x, y) => x + y, 0), 40)
+    await a.app.cache.clear()
+    t.same(await keysPerMaster(cluster, 'cl:*:*').then((n) => n.reduce((x, y) => x + y, 0)), 0, 'clear() reached every master')
+    t.equal(a.app.cache.stats().redisErrors, 0)
+    t.equal(b.app.cache.stats().redisErrors, 0)
+  })
+
+  t.test('sse: published on A, delivered to a client of B, and replayed', async (t) => {
+    const url = await serve(b.app)
+    const live = await connectSse(t, `${url}/events/public:cluster`)
+    await eventually(async () => (await b.app.inject('/health')).json<{ features: { sse: { stats: { clients: number } } } }>().features.sse.stats.clients === 1, 3000, 'subscribed')
+    const id = await a.app.sse.publish('public:cluster', { n: 1 })
+    const [first] = await live.waitFor(1)
+    t.same([first.id, first.data], [id, '{"n":1}'])
+    await a.app.sse.publish('public:cluster', { n: 2 })
+    const replay = await connectSse(t, `${url}/events/public:cluster?lastEventId=0-0`)
+    const replayed = await replay.waitFor(2)
+    t.same(replayed.map((e) => e.data), ['{"n":1}', '{"n":2}'])
+  })
+
+  t.test('presence: across instances, one round trip per heartbeat', async (t) => {
+    await a.app.presence.heartbeat('u0') // the node's first EVALSHA of the script is a NOSCRIPT and an EVAL
+    const before = a.app.presence.stats().redisCommands
+    await a.app.presence.heartbeat('u1', { status: 'here' })
+    t.equal(a.app.presence.stats().redisCommands - before, 1, 'one script, its keys in one slot')
+    t.equal(await b.app.presence.isOnline('u1'), true)
+    t.match(await b.app.presence.get('u1'), { userId: 'u1', status: 'here' })
+    const keys = await keysPerMaster(cluster, '{cl:presence}:*')
+    t.equal(keys.filter((n) => n > 0).length, 1, 'every presence key in one slot')
+  })
+
+  t.test('queues: a job added on A completes on a worker', async (t) => {
+    const { id } = await a.app.queues.add('report', { userId: 'u1', steps: 2, stepMs: 10 })
+    await eventually(async () => (await b.app.queues.getJob('report', id))?.state === 'completed', 10_000, 'completed')
+    t.match(await b.app.queues.getJob('report', id), { result: { userId: 'u1', rows: 200 } })
+    t.ok((await keysPerMaster(cluster, '{cl:queues}:*')).filter((n) => n > 0).length === 1, 'BullMQ keys hash-tagged to one slot')
+  })
+})
+
+t.test('a cluster node whose cluster is not ok is diagnosed, not reported reachable', async (t) => {
+  const lonely = await startRedisServer(t, { extraArgs: ['--cluster-enabled', 'yes'] })
+  const { app } = await build(t, { ...BASE, REDIS_URL: lonely.url })
+  t.match(app.connections.tiers.tcp, { configured: true, reachable: false, lastError: /Redis Cluster state is fail \(0 of 16384 slots served\).*redis-cli --cluster check/ })
+  t.equal(app.features.cache.tier, 'memory')
+  await t.rejects(build(t, { ...BASE, REDIS_URL: lonely.url, REDIS_CLUSTER_NODES: '127.0.0.1' }), { code: 'REDIS_TIERS_CONFIG', message: /REDIS_CLUSTER_NODES entry "127.0.0.1" is not host:port/ })
+})
+
+t.test('failover: a master killed, its replica promoted, the features recover without a restart', async (t) => {
+  const cluster = await startRedisCluster(t, { masters: 3, replicas: 1, nodeTimeoutMs: 1000 })
+  const { app } = await build(t, { ...BASE, REDIS_URL: cluster.url, CACHE_PREFIX: 'fo', SSE_PREFIX: 'fo', PRESENCE_PREFIX: 'fo', QUEUES_PREFIX: 'fo' })
+  for (let i = 0; i < 30; i++) await app.cache.set(`k:${i}`, i)
+  const victim = (await cluster.masters()).find((n) => n.port !== cluster.nodes[0].port)
+  if (victim === undefined) throw new Error('no master to kill')
+  await victim.stop()
+  await eventually(async () => (await cluster.masters()).length === 3 && !(await cluster.masters()).includes(victim), 15_000, 'a replica promoted')
+  await cluster.healthy()
+  await eventually(async () => {
+    const writes = await Promise.all(Array.from({ length: 30 }, async (_v, i) => await app.cache.set(`after:${i}`, i).then(() => true)))
+    return writes.every(Boolean) && app.cache.stats().redisErrors === 0 ? true : (await app.cache.get('after:0')) === 0
+  }, 15_000, 'cache writes land again')
+  await eventually(async () => await app.sse.publish('public:fo', { ok: true }).then(() => true, () => false), 10_000, 'sse publishes again')
+  await eventually(async () => await app.presence.heartbeat('u9').then(() => true, () => false), 10_000, 'presence answers again')
+  const { id } = await app.queues.add('report', { userId: 'u9', steps: 1, stepMs: 1 })
+  await eventually(async () => (await app.queues.getJob('report', id))?.state === 'completed', 15_000, 'a queue job completes after the failover')
+  const health = (await app.inject('/health')).json<{ tiers: { tcp: { down: string[] } } }>()
+  t.ok(health.tiers.tcp.down.includes(`127.0.0.1:${victim.port}`), `/health says which node is down: ${JSON.stringify(health.tiers.tcp.down)}`)
+})
