@@ -81,7 +81,7 @@ async function probeTcp (target: TcpTarget, seeds: ClusterNode[], timeouts: Tier
       const info = String(await client.cluster('INFO'))
       const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown'
       if (state !== 'ok') {
-        throw new Error(`Redis Cluster state is ${state} (${/cluster_slots_ok:(\d+)/.exec(info)?.[1] ?? '?'} of 16384 slots served): it cannot serve every key; check it with redis-cli --cluster check ${target.host}:${target.port}`)
+        throw new Error(`Redis Cluster state is ${state} (${/cluster_slots_ok:(\d+)/.exec(info)?.[1] ?? '?'} of 16384 slots served): it cannot serve every key; check it with redis-cli --cluster check <a node of ${target.source}>`)
       }
       client.disconnect()
       return await probeCluster(target, seeds, timeouts, deadline)
