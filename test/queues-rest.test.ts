@@ -105,6 +105,13 @@ t.test('a REST-only app produces BullMQ jobs that a TCP worker runs', async (t) 
     await app.queues.add('mail', { after: 'delay' }, { delay: 300 })
   })
 
+  t.test('pause and resume over REST set BullMQ\'s own flag', async (t) => {
+    await app.queues.pause('mail')
+    t.equal(await direct.hget('split:queues:mail:meta', 'paused'), '1')
+    await app.queues.resume('mail')
+    t.equal(await direct.hget('split:queues:mail:meta', 'paused'), null)
+  })
+
   t.test('a schedule created over REST', async (t) => {
     const schedule = await app.queues.schedule('mail', { id: 'digest', every: 400 }, { digest: true })
     t.match(schedule, { id: 'digest', every: 400 })
