@@ -97,6 +97,16 @@ t.test('a REST-only app produces BullMQ jobs that a TCP worker runs', async (t) 
     t.equal(bridge.requests.pipeline > 0, true)
   })
 
+  t.test('a Redis that lost its scripts (restart, SCRIPT FLUSH): add and addBulk send them again and work', async (t) => {
+    await direct.script('FLUSH')
+    const one = await app.queues.add('mail', { after: 'flush' })
+    t.match(await app.queues.getJob('mail', one.id), { state: 'waiting', data: { after: 'flush' } })
+    await direct.script('FLUSH')
+    const bulk = await app.queues.addBulk('mail', [{ data: { flushed: 1 } }, { data: { flushed: 2 } }])
+    t.equal(bulk.length, 2)
+    t.match(await app.queues.getJob('mail', bulk[1].id), { data: { flushed: 2 } })
+  })
+
   t.test('delay and priority are written as BullMQ writes them', async (t) => {
     const delayed = await app.queues.add('mail', { later: true }, { delay: 60_000 })
     t.match(await app.queues.getJob('mail', delayed.id), { state: 'delayed' })
