@@ -14,6 +14,8 @@ export interface RedisCommands {
   publish: (channel: string, message: string) => Promise<number>
   /** A Redis Cluster: a script's keys must share a slot, and `scan` walks every master. */
   readonly cluster: boolean
+  /** A cluster with sharded pub/sub (Redis 7): `publish` to a `{hash-tagged}` channel is SPUBLISH. */
+  readonly shardedPubSub: boolean
   /** Commands sent so far (round trips). */
   readonly sent: () => number
 }

@@ -88,7 +88,9 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     timeoutMs: parseIntegerVariable(variable, 'SSE_TIMEOUT_MS', 1000, 1, 60_000)
   }
   const prefix = resolvePrefix(opts.prefix, 'SSE_PREFIX', variable)
-  const busChannel = `${prefix}:sse:events`
+  // On a Redis Cluster with sharded pub/sub the fan-out channel is a shard channel (hash-tagged):
+  // SPUBLISH reaches only the nodes of its slot instead of every node.
+  const fanoutChannel = (sharded: boolean): string => sharded ? `{${prefix}:sse}:events` : `${prefix}:sse:events`
   const log = fastify.log.child({ plugin: 'sse' })
   const warn = rateLimitedWarn(log)
 
@@ -107,20 +109,21 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   }
 
   /** The store of one resolution; every store notifies through the bus of its tier (memory included). */
-  interface Binding { tier: Tier | null, reason: string, store: SseStore | null }
+  interface Binding { tier: Tier | null, reason: string, store: SseStore | null, channel: string }
 
   function bindTo (resolution: Resolution): Binding {
     const tier = resolution.status === 'active' ? resolution.tier : null
     const commands = tier !== null ? connections.commands(tier, settings.timeoutMs) : null
     const memoryBus = tier === 'memory' ? connections.bus('memory') : null
+    const channel = fanoutChannel(commands?.shardedPubSub === true)
     const store = commands !== null
-      ? redisSseStore(commands, prefix, busChannel, settings.history)
-      : memoryBus !== null ? memorySseStore(settings.history, (notice) => { memoryBus.publish(busChannel, notice).catch(() => {}) }) : null
-    return { tier, reason: resolution.reason, store }
+      ? redisSseStore(commands, prefix, channel, settings.history)
+      : memoryBus !== null ? memorySseStore(settings.history, (notice) => { memoryBus.publish(channel, notice).catch(() => {}) }) : null
+    return { tier, reason: resolution.reason, store, channel }
   }
 
-  function subscribeFanout (tier: Tier): Promise<Unsubscribe> {
-    return connections.bus(tier).subscribe(busChannel, onFanout, () => { void catchUp() })
+  function subscribeFanout (of: Binding): Promise<Unsubscribe> | null {
+    return of.tier === null ? null : connections.bus(of.tier).subscribe(of.channel, onFanout, () => { void catchUp() })
   }
 
   // Connected clients stay connected through a move: the fan-out moves to the new tier's bus
@@ -128,7 +131,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   // them. What other instances published there since each client's last event is caught up.
   let binding = bindTo(connections.resolve(sseRequirement, async (next) => {
     const fresh = bindTo(next)
-    const moved = fanout !== null && fresh.tier !== null ? subscribeFanout(fresh.tier) : null
+    const moved = fanout !== null ? subscribeFanout(fresh) : null
     if (moved !== null) await moved
     const old = fanout
     binding = fresh
@@ -140,7 +143,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
 
   async function ensureFanout (): Promise<void> {
     if (binding.tier === null) return
-    fanout ??= subscribeFanout(binding.tier)
+    fanout ??= subscribeFanout(binding)
     await fanout
   }
 

@@ -42,12 +42,15 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
   const cluster = await startRedisCluster(t, { masters: 3 })
   const env: EnvInput = { ...BASE, REDIS_URL: cluster.url }
   const a = await build(t, env)
-  const b = await build(t, env)
+  const multi = async (f: FastifyInstance): Promise<void> => {
+    f.get('/multi', async (request, reply) => { await f.sse.stream(request, reply, ['public:cluster', 'public:other'], { authorize: () => true }) })
+  }
+  const b = await build(t, env, { plugins: [multi] })
 
   t.test('is detected and reported as a cluster, and every feature runs on it', async (t) => {
     const health = (await a.app.inject('/health')).json<{ status: string, tiers: { tcp: Record<string, unknown> } }>()
     t.equal(health.status, 'ok')
-    t.match(health.tiers.tcp, { reachable: true, mode: 'cluster', masters: 3, down: [] })
+    t.match(health.tiers.tcp, { reachable: true, mode: 'cluster', masters: 3, down: [], shardedPubSub: true })
     t.ok(a.logs().some((l) => /^tier tcp: reachable at .* \(REDIS_URL, a Redis Cluster of 3 masters\)/.test(l.msg)), 'the boot report')
     t.same((['cache', 'sse', 'presence', 'queues'] as const).map((f) => a.app.features[f].tier), ['tcp', 'tcp', 'tcp', 'tcp'])
   })
@@ -81,6 +84,19 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
     const replay = await connectSse(t, `${url}/events/public:cluster?lastEventId=0-0`)
     const replayed = await replay.waitFor(2)
     t.same(replayed.map((e) => e.data), ['{"n":1}', '{"n":2}'])
+    // The fan-out went over sharded pub/sub: one shard channel, no classic channel.
+    const shard = new Redis(cluster.url)
+    t.teardown(() => shard.disconnect())
+    t.same(await shard.pubsub('CHANNELS', 'cl:sse:*'), [], 'nothing on classic pub/sub')
+    const shardNodes = await Promise.all((await cluster.masters()).map(async (node) => {
+      const client = new Redis({ port: node.port, host: '127.0.0.1' })
+      try { return (await client.pubsub('SHARDCHANNELS') as string[]).includes('{cl:sse}:events') } finally { client.disconnect() }
+    }))
+    t.equal(shardNodes.filter(Boolean).length, 1, 'one shard channel, on the node of its slot')
+    // A stream of several channels replays each from its own slot.
+    await a.app.sse.publish('public:other', { n: 3 })
+    const multi = await connectSse(t, `${url}/multi?lastEventId=0-0`)
+    t.same((await multi.waitFor(3)).map((e) => e.data).sort(), ['{"n":1}', '{"n":2}', '{"n":3}'])
   })
 
   t.test('presence: across instances, one round trip per heartbeat', async (t) => {

@@ -64,6 +64,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], cjson.encode({ c = ARGV[6], i = id, e = ARGV[2], d = ARGV[3] }))
 return id`
 
+// A Redis Cluster with sharded pub/sub: the fan-out channel is not in the
+// stream's slot, so the notice is sent after the script, as SPUBLISH.
+const APPEND_SCRIPT = `
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return id`
+
 // One round trip for every channel: entries after the id, the oldest and
 // newest retained ids and the length (a full stream whose oldest id is newer
 // than the one asked for has dropped events the client missed).
@@ -89,12 +96,20 @@ export interface HistoryOptions {
 
 export function redisSseStore (commands: RedisCommands, prefix: string, busChannel: string, history: HistoryOptions): SseStore {
   const key = (channel: string): string => `${prefix}:sse:${channel}`
+  type Replayed = Array<[Array<[string, string[]]>, string, number, string]>
   return {
     async publish (channel, event, data) {
-      return String(await commands.eval(PUBLISH_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs, busChannel, channel]))
+      if (!commands.shardedPubSub) return String(await commands.eval(PUBLISH_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs, busChannel, channel]))
+      const id = String(await commands.eval(APPEND_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs]))
+      const notice: FanoutNotice = { c: channel, i: id, e: event, d: data }
+      await commands.publish(busChannel, JSON.stringify(notice))
+      return id
     },
     async replay (channels, lastId) {
-      const raw = await commands.eval(REPLAY_SCRIPT, channels.map(key), [lastId]) as Array<[Array<[string, string[]]>, string, number, string]>
+      // On a cluster each channel's history is in its own slot: one script per channel, sent together.
+      const raw: Replayed = commands.cluster
+        ? (await Promise.all(channels.map(async (channel) => await commands.eval(REPLAY_SCRIPT, [key(channel)], [lastId]) as Replayed))).flat()
+        : await commands.eval(REPLAY_SCRIPT, channels.map(key), [lastId]) as Replayed
       const events: SseEvent[] = []
       let reset = false
       let newest: string | null = null

@@ -73,6 +73,7 @@ function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
     unlink: async (keys) => await run(async () => await client.unlink(...keys)),
     publish: async (channel, message) => await run(async () => await client.publish(channel, message)),
     cluster: false,
+    shardedPubSub: false,
     sent: () => sent
   }
 }

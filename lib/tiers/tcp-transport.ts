@@ -1,34 +1,48 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import { closeTcp, duplicateTcp, type TcpClient } from './tcp'
+import type { Cluster } from 'ioredis'
+import { closeTcp, duplicateTcp, isShardChannel, type TcpClient } from './tcp'
 import { withTimeout } from '../deadline'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is
 // only sent on a ready connection (ioredis 5 silently loses one sent before
 // `ready`), and every `ready` after a reconnect subscribes all wanted
-// channels again, so a Redis restart does not leave the bus deaf.
+// channels again, so a Redis restart does not leave the bus deaf. On a
+// cluster with sharded pub/sub, shard channels ({hash-tagged}) go through a
+// second client whose subscribers ioredis keeps one per shard node.
+
+/** The message event and connection name of each kind of subscription. */
+const KINDS = {
+  classic: { event: 'message', name: 'redis-tiers-subscriber' },
+  shard: { event: 'smessage', name: 'redis-tiers-shard-subscriber' }
+} as const
+type Kind = keyof typeof KINDS
 
 export function tcpTransport (publisher: TcpClient, commandTimeoutMs: number, onError: (err: Error) => void) {
   return (deliver: Deliver, resumed: Resumed): BusTransport => {
     const wanted = new Set<string>()
-    let subscriber: TcpClient | undefined
+    const subscribers = new Map<Kind, TcpClient>()
     let closed = false
+    const kindOf = (channel: string): Kind => isShardChannel(publisher, channel) ? 'shard' : 'classic'
 
-    function connection (): TcpClient {
-      if (subscriber !== undefined) return subscriber
-      const sub = duplicateTcp(publisher, 'redis-tiers-subscriber')
+    function connection (kind: Kind): TcpClient {
+      const existing = subscribers.get(kind)
+      if (existing !== undefined) return existing
+      const k = KINDS[kind]
+      const sub = kind === 'shard' ? (publisher as Cluster).duplicate([], { ...(publisher as Cluster).options, shardedSubscribers: true, redisOptions: { ...(publisher as Cluster).options.redisOptions, connectionName: k.name } }) : duplicateTcp(publisher, k.name)
       sub.on('error', onError)
-      sub.on('message', (channel: string, text: string) => deliver(channel, text))
+      sub.on(k.event, (channel: string, text: string) => deliver(channel, text))
       let connectedBefore = false
       sub.on('ready', () => {
         // The first `ready` is listen()'s to use; every later one follows a gap in the subscription.
         const gap = connectedBefore
         connectedBefore = true
-        if (!gap || wanted.size === 0) return
-        const channels = [...wanted]
-        sub.subscribe(...channels).then(() => { for (const channel of channels) if (wanted.has(channel)) resumed(channel) }, onError)
+        const channels = [...wanted].filter((channel) => kindOf(channel) === kind)
+        if (!gap || channels.length === 0) return
+        const again = kind === 'shard' ? Promise.all(channels.map(async (channel) => await sub.ssubscribe(channel))) : sub.subscribe(...channels)
+        again.then(() => { for (const channel of channels) if (wanted.has(channel)) resumed(channel) }, onError)
       })
       sub.connect().catch(() => {}) // reported through `error`
-      subscriber = sub
+      subscribers.set(kind, sub)
       return sub
     }
 
@@ -46,22 +60,31 @@ export function tcpTransport (publisher: TcpClient, commandTimeoutMs: number, on
     return {
       async listen (channel) {
         wanted.add(channel)
-        const sub = connection()
+        const kind = kindOf(channel)
+        const sub = connection(kind)
         await untilReady(sub)
-        await sub.subscribe(channel) // confirmed before we resolve; a repeat SUBSCRIBE is harmless
+        // Confirmed before we resolve; a repeat SUBSCRIBE is harmless.
+        if (kind === 'shard') await sub.ssubscribe(channel)
+        else await sub.subscribe(channel)
       },
       async unlisten (channel) {
         wanted.delete(channel)
-        if (subscriber?.status === 'ready') await subscriber.unsubscribe(channel)
+        const kind = kindOf(channel)
+        const sub = subscribers.get(kind)
+        if (sub?.status !== 'ready') return
+        if (kind === 'shard') await sub.sunsubscribe(channel)
+        else await sub.unsubscribe(channel)
       },
       async publish (channel, text) {
-        await publisher.publish(channel, text)
+        if (kindOf(channel) === 'shard') await publisher.spublish(channel, text)
+        else await publisher.publish(channel, text)
       },
       async close () {
         if (closed) return
         closed = true
         wanted.clear()
-        if (subscriber !== undefined) await closeTcp(subscriber, commandTimeoutMs)
+        await Promise.all([...subscribers.values()].map(async (sub) => await closeTcp(sub, commandTimeoutMs)))
+        subscribers.clear()
       }
     }
   }

@@ -25,6 +25,18 @@ export function isCluster (client: TcpClient): client is Cluster {
   return (client as Partial<Cluster>).isCluster === true
 }
 
+// Clusters whose servers have sharded pub/sub (Redis 7): set by the probe.
+const shardedPubSub = new WeakSet<Cluster>()
+
+/**
+ * On a cluster with sharded pub/sub, a channel named with a hash tag (`{...}`)
+ * is a shard channel: SPUBLISH/SSUBSCRIBE, carried only by the nodes of its
+ * slot instead of broadcast to every node.
+ */
+export function isShardChannel (client: TcpClient, channel: string): boolean {
+  return channel.startsWith('{') && isCluster(client) && shardedPubSub.has(client)
+}
+
 /** Another connection with the same settings (a Cluster duplicates as a Cluster). */
 export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}): TcpClient {
   if (!isCluster(client)) return client.duplicate({ connectionName, ...overrides })
@@ -130,6 +142,8 @@ async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: 
   try {
     cluster.connect().catch(() => {}) // the same failure arrives as the `error` event awaited below
     await once(cluster, 'ready', { signal: deadline })
+    const version = Number(/redis_version:(\d+)/.exec(await cluster.info('server'))?.[1] ?? 0)
+    if (version >= 7) shardedPubSub.add(cluster)
     const started = performance.now()
     await cluster.ping()
     return { ok: true, client: cluster, latencyMs: Math.round((performance.now() - started) * 100) / 100 }
@@ -211,8 +225,9 @@ function tcpCommands (client: TcpClient, timeoutMs: number): RedisCommands {
     unlink: isCluster(client)
       ? async (keys) => (await Promise.all([...bySlot(keys).values()].map(async (group) => await send<number>('unlink', group)))).reduce((a, b) => a + b, 0)
       : async (keys) => await send<number>('unlink', [...keys]),
-    publish: async (channel, message) => await send<number>('publish', [channel, message]),
+    publish: async (channel, message) => await send<number>(isShardChannel(client, channel) ? 'spublish' : 'publish', [channel, message]),
     cluster: isCluster(client),
+    shardedPubSub: isCluster(client) && shardedPubSub.has(client),
     sent: () => sent
   }
 }
@@ -283,7 +298,7 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
           const [, address = '', flags = ''] = line.split(' ')
           return { address: address.replace(/@.*$/, ''), role: /master/.test(flags) ? 'master' : 'replica', status: /fail/.test(flags) ? 'down' : 'up' }
         })
-        return { mode: 'cluster', masters: nodes.filter((n) => n.role === 'master' && n.status === 'up').length, nodes, down: nodes.filter((n) => n.status === 'down').map((n) => n.address) }
+        return { mode: 'cluster', shardedPubSub: shardedPubSub.has(client), masters: nodes.filter((n) => n.role === 'master' && n.status === 'up').length, nodes, down: nodes.filter((n) => n.status === 'down').map((n) => n.address) }
       }
     }
   }
