@@ -8,6 +8,7 @@ import queues, { type QueuesPluginOptions } from './plugins/queues'
 import { parseBooleanVariable } from './lib/config'
 import { ConfigError } from './lib/errors'
 import healthRoutes from './routes/health'
+import metricsRoutes from './routes/metrics'
 import cacheDemoRoutes from './routes/cache'
 import eventRoutes, { demoUserId } from './routes/events'
 import presenceRoutes from './routes/presence'
@@ -32,6 +33,8 @@ export interface AppOptions extends ConnectionsOptions {
    * with the DEMO-ONLY `x-user-id` identity. Default: DEMO_ROUTES, else false.
    */
   demoRoutes?: boolean
+  /** Mount GET /metrics (Prometheus text). Default: METRICS, else on with the demo routes, off otherwise. */
+  metrics?: boolean
   cache?: CachePluginOptions
   sse?: SsePluginOptions
   presence?: PresencePluginOptions
@@ -43,6 +46,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   const demo = opts.demoRoutes ?? parseBooleanVariable(fastify.connections.variable, 'DEMO_ROUTES', false)
   const identify = opts.presence?.identify ?? (demo ? demoUserId : undefined)
   const withPresenceRoutes = opts.presenceRoutes ?? identify !== undefined
+  const withMetrics = opts.metrics ?? parseBooleanVariable(fastify.connections.variable, 'METRICS', demo)
   if (withPresenceRoutes && identify === undefined) {
     throw new ConfigError('Invalid configuration: presenceRoutes needs presence.identify(request), the user a request comes from (e.g. from a verified session); the routes never trust a header on their own')
   }
@@ -55,6 +59,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   await fastify.register(async (routes) => {
     quietOutages(routes)
     if (opts.healthRoutes !== false) await routes.register(healthRoutes)
+    if (withMetrics) await routes.register(metricsRoutes)
     if (demo) {
       await routes.register(cacheDemoRoutes)
       await routes.register(eventRoutes)

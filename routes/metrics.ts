@@ -1,0 +1,91 @@
+import type { FastifyInstance } from 'fastify'
+import type * as PromClient from 'prom-client'
+import type { Tier } from '../lib/resolve-tier'
+
+// GET /metrics in Prometheus text format, through prom-client (loaded only
+// when metrics are on). Every series is read from the live state and the
+// features' own counters when scraped: nothing is added to a request's path.
+// A registry of our own, so a host's default registry is never touched.
+
+type Labels = Record<string, string>
+
+export default async function metricsRoutes (fastify: FastifyInstance): Promise<void> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when metrics are mounted; the import above is types only
+  const { Registry, Gauge, Counter } = require('prom-client') as typeof PromClient
+  const registry = new Registry()
+  const { connections } = fastify
+  const tierOf = (tier: Tier | null): string => tier ?? 'none'
+
+  function gauge (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]> | Promise<Array<[Labels, number]>>): void {
+    const metric = new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      async collect () {
+        metric.reset()
+        for (const [labels, value] of await read()) metric.set(labels, value)
+      }
+    })
+  }
+
+  /** A counter mirroring a feature's own monotonic count (it restarts when the feature moves tier, as a counter may). */
+  function counter (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]>): void {
+    const metric = new Counter({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect () {
+        metric.reset()
+        for (const [labels, value] of read()) metric.inc(labels, value)
+      }
+    })
+  }
+
+  const redisTiers = (['tcp', 'rest'] as const).filter((t) => connections.tiers[t].configured)
+  gauge('redis_tiers_tier_up', '1 while a configured Redis tier is reachable', ['tier'], () => redisTiers.map((t) => [{ tier: t }, connections.tiers[t].reachable ? 1 : 0]))
+  gauge('redis_tiers_tier_latency_milliseconds', 'The last PING round trip of a tier', ['tier'], () => redisTiers.flatMap((t) => {
+    const ms = connections.tiers[t].latencyMs
+    return ms === null ? [] : [[{ tier: t }, ms] as [Labels, number]]
+  }))
+  gauge('redis_tiers_feature_active', '1 while a feature runs (on the tier in its label), 0 while it is skipped', ['feature', 'tier'], () =>
+    Object.entries(fastify.features).map(([feature, state]) => [{ feature, tier: tierOf(state.tier) }, state.status === 'active' ? 1 : 0]))
+  gauge('redis_tiers_feature_transitions', 'Moves of a feature between tiers since boot', ['feature'], () =>
+    Object.entries(fastify.features).map(([feature, state]) => [{ feature }, state.transitions]))
+
+  const { cache, sse, presence, queues } = fastify
+  const on = (tier: Tier | null): Labels => ({ tier: tierOf(tier) })
+  counter('redis_tiers_cache_hits_total', 'Cache hits, by level (l1: in process, l2: Redis)', ['tier', 'level'], () => {
+    const s = cache.stats()
+    return [[{ ...on(cache.tier), level: 'l1' }, s.l1Hits], [{ ...on(cache.tier), level: 'l2' }, s.l2Hits]]
+  })
+  counter('redis_tiers_cache_misses_total', 'Cache misses', ['tier'], () => [[on(cache.tier), cache.stats().misses]])
+  counter('redis_tiers_cache_errors_total', 'Cache calls to Redis that failed or timed out (served without Redis)', ['tier'], () => [[on(cache.tier), cache.stats().redisErrors]])
+  gauge('redis_tiers_cache_l1_entries', 'Entries in the in-process L1', ['tier'], () => [[on(cache.tier), cache.stats().l1Entries]])
+  gauge('redis_tiers_sse_clients', 'SSE streams open on this instance', ['tier'], () => [[on(sse.tier), sse.stats().clients]])
+  counter('redis_tiers_sse_events_total', 'SSE events, by what happened to them', ['tier', 'outcome'], () => {
+    const s = sse.stats()
+    return [[{ ...on(sse.tier), outcome: 'published' }, s.published], [{ ...on(sse.tier), outcome: 'delivered' }, s.delivered], [{ ...on(sse.tier), outcome: 'replayed' }, s.replayed]]
+  })
+  counter('redis_tiers_sse_clients_dropped_total', 'SSE clients cut off for not reading', ['tier'], () => [[on(sse.tier), sse.stats().slowClientsDropped]])
+  gauge('redis_tiers_presence_online', 'Users online (all instances)', ['tier'], async () => presence.available ? [[on(presence.tier), await presence.count().catch(() => 0)]] : [])
+  gauge('redis_tiers_queue_jobs', 'Jobs per queue and state', ['tier', 'queue', 'state'], async () => {
+    if (!queues.available) return []
+    const rows = await Promise.all(queues.names().map(async (queue) => {
+      const counts = await queues.counts(queue).catch(() => null)
+      return counts === null ? [] : Object.entries(counts).map(([state, n]) => [{ ...on(queues.tier), queue, state }, n] as [Labels, number])
+    }))
+    return rows.flat()
+  })
+  counter('redis_tiers_queue_jobs_finished_total', 'Jobs this instance finished, by outcome', ['tier', 'outcome'], () => {
+    const s = queues.stats()
+    return [[{ ...on(queues.tier), outcome: 'completed' }, s.completed], [{ ...on(queues.tier), outcome: 'failed' }, s.failed]]
+  })
+  counter('redis_tiers_redis_commands_total', 'Redis commands sent, by feature and tier (on Upstash REST each is a request)', ['feature', 'tier'], () => [
+    [{ feature: 'cache', ...on(cache.tier) }, cache.stats().redisCommands],
+    [{ feature: 'presence', ...on(presence.tier) }, presence.stats().redisCommands]
+  ])
+
+  fastify.get('/metrics', async (_request, reply) => await reply.type(registry.contentType).send(await registry.metrics()))
+}
