@@ -64,6 +64,17 @@ function routes (runs: Runs): (f: FastifyInstance) => Promise<void> {
   }
 }
 
+/** Waits until the background write of a miss has landed: the same request is then a hit. */
+async function stored (app: FastifyInstance, request: string | { url: string, headers: Record<string, string> }, what = 'stored'): Promise<void> {
+  await eventually(async () => (await app.inject(request)).headers['x-cache'] === 'HIT', 3000, what)
+}
+
+/** Stored, then past its TTL: the entry is now stale. */
+async function storedThenExpired (app: FastifyInstance, url: string): Promise<void> {
+  await stored(app, url)
+  await pastTtl(350)
+}
+
 async function pastTtl (ms: number): Promise<void> {
   // The entry's freshness is a time, not an event: wait it out.
   await sleep(ms)
@@ -91,7 +102,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     t.match(miss.headers.etag, /^"[A-Za-z0-9_-]{27}"$/, 'a strong ETag')
     t.equal(miss.headers['cache-control'], 'max-age=30')
     t.equal(miss.headers.age, undefined, 'a response the handler just made has no Age')
-    await eventually(async () => (await app.inject('/fixed')).headers['x-cache'] === 'HIT', 3000, 'the background write')
+    await stored(app, '/fixed', 'the background write')
     const hit = await app.inject('/fixed')
     t.match(hit.headers['cache-status'], /^redis-tiers; hit; ttl=(29|30)$/)
     t.equal(hit.headers.etag, miss.headers.etag, 'the same ETag on the miss and every hit')
@@ -104,7 +115,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     t.equal(noStore.headers['cache-status'], 'redis-tiers; fwd=bypass')
     t.equal(runs.fixed, 3, 'the handler ran for the miss and the two bypasses only')
     const own = await app.inject('/own-control')
-    await eventually(async () => (await app.inject('/own-control')).headers['x-cache'] === 'HIT', 3000, 'stored')
+    await stored(app, '/own-control')
     t.equal((await app.inject('/own-control')).headers['cache-control'], 'public, max-age=5', "the route's own Cache-Control is kept")
     t.equal(own.headers['cache-control'], 'public, max-age=5')
     const head = await app.inject({ method: 'HEAD', url: '/fixed' })
@@ -118,7 +129,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     const { app } = await build(t, envFor(), { plugins: [routes(runs)] })
     const first = await app.inject('/fixed')
     const etag = String(first.headers.etag)
-    await eventually(async () => (await app.inject('/fixed')).headers['x-cache'] === 'HIT', 3000, 'stored')
+    await stored(app, '/fixed')
     const cached = await app.inject({ url: '/fixed', headers: { 'if-none-match': etag } })
     t.equal(cached.statusCode, 304)
     t.equal(cached.body, '')
@@ -138,8 +149,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     const runs: Runs = {}
     const { app } = await build(t, envFor(), { plugins: [routes(runs)] })
     t.same((await app.inject('/swr')).json(), { run: 1 })
-    await eventually(async () => (await app.inject('/swr')).headers['x-cache'] === 'HIT', 3000, 'stored')
-    await pastTtl(350)
+    await storedThenExpired(app, '/swr')
     const stale = await Promise.all(Array.from({ length: 5 }, async () => await app.inject('/swr')))
     t.ok(stale.every((s) => s.json<{ run: number }>().run === 1), 'the stale body, at once')
     t.ok(stale.every((s) => /^redis-tiers; fwd=stale; ttl=-\d+$/.test(String(s.headers['cache-status']))), String(stale[0].headers['cache-status']))
@@ -153,8 +163,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     const runs: Runs = {}
     const { app } = await build(t, envFor(), { plugins: [routes(runs)] })
     t.same((await app.inject('/sie')).json(), { run: 1 })
-    await eventually(async () => (await app.inject('/sie')).headers['x-cache'] === 'HIT', 3000, 'stored')
-    await pastTtl(350)
+    await storedThenExpired(app, '/sie')
     const served = await app.inject('/sie')
     t.equal(served.statusCode, 200)
     t.same(served.json(), { run: 1 })
@@ -182,7 +191,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
     const fr = await app.inject({ url: '/lang', headers: { 'accept-language': 'fr' } })
     t.same([en.json(), fr.json()], [{ greeting: 'hello' }, { greeting: 'bonjour' }])
     t.equal(en.headers.vary, 'accept-language')
-    await eventually(async () => (await app.inject({ url: '/lang', headers: { 'accept-language': 'fr' } })).headers['x-cache'] === 'HIT', 3000, 'stored')
+    await stored(app, { url: '/lang', headers: { 'accept-language': 'fr' } })
     const frHit = await app.inject({ url: '/lang', headers: { 'accept-language': 'fr' } })
     const enHit = await app.inject({ url: '/lang', headers: { 'accept-language': 'en' } })
     t.same([enHit.json(), frHit.json()], [{ greeting: 'hello' }, { greeting: 'bonjour' }])
@@ -199,7 +208,7 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput, shar
       const a = await build(t, env, { plugins: [routes(runs)] })
       const b = await build(t, env, { plugins: [routes(runs)] })
       const miss = await a.app.inject('/fixed')
-      await eventually(async () => (await b.app.inject('/fixed')).headers['x-cache'] === 'HIT', 3000, 'visible on b')
+      await stored(b.app, '/fixed', 'visible on b')
       await pastTtl(2100)
       const hit = await b.app.inject('/fixed')
       t.equal(hit.headers['x-cache'], 'HIT')
