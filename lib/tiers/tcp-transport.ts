@@ -1,5 +1,4 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import type { Cluster } from 'ioredis'
 import { closeTcp, duplicateTcp, isShardChannel, type TcpClient } from './tcp'
 import { withTimeout } from '../deadline'
 
@@ -28,7 +27,8 @@ export function tcpTransport (publisher: TcpClient, commandTimeoutMs: number, on
       const existing = subscribers.get(kind)
       if (existing !== undefined) return existing
       const k = KINDS[kind]
-      const sub = kind === 'shard' ? (publisher as Cluster).duplicate([], { ...(publisher as Cluster).options, shardedSubscribers: true, redisOptions: { ...(publisher as Cluster).options.redisOptions, connectionName: k.name } }) : duplicateTcp(publisher, k.name)
+      // Shard channels exist only on a cluster: ioredis then keeps one subscriber per shard node.
+      const sub = duplicateTcp(publisher, k.name, {}, kind === 'shard' ? { shardedSubscribers: true } : {})
       sub.on('error', onError)
       sub.on(k.event, (channel: string, text: string) => deliver(channel, text))
       let connectedBefore = false

@@ -37,11 +37,15 @@ export function isShardChannel (client: TcpClient, channel: string): boolean {
   return channel.startsWith('{') && isCluster(client) && shardedPubSub.has(client)
 }
 
-/** Another connection with the same settings (a Cluster duplicates as a Cluster). */
-export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}): TcpClient {
+/**
+ * Another connection with the same settings (a Cluster duplicates as a Cluster: `overrides` apply
+ * to each node, `cluster` to the cluster client; its offline queue follows the nodes' setting).
+ */
+export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}, cluster: Partial<ClusterOptions> = {}): TcpClient {
   if (!isCluster(client)) return client.duplicate({ connectionName, ...overrides })
-  const { redisOptions } = client.options
-  return client.duplicate([], { ...client.options, redisOptions: { ...redisOptions, connectionName, ...overrides }, ...(overrides.enableOfflineQueue !== undefined ? { enableOfflineQueue: overrides.enableOfflineQueue } : {}) })
+  const { options } = client
+  const offlineQueue = overrides.enableOfflineQueue ?? options.enableOfflineQueue
+  return client.duplicate([], { ...options, ...cluster, enableOfflineQueue: offlineQueue, redisOptions: { ...options.redisOptions, connectionName, ...overrides } })
 }
 
 function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
