@@ -53,7 +53,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   async function bindTo (resolution: Resolution): Promise<Binding> {
     if (resolution.status === 'skipped') return { client: unavailableCache(resolution.reason) }
     const { tier } = resolution
-    const commands = connections.commands(tier, settings.timeoutMs)
+    const commands = connections.commands(tier, settings.timeoutMs, 'cache')
     const client = createCache({
       tier,
       reason: resolution.reason,
@@ -64,6 +64,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
       l1MaxTtlMs: settings.l1MaxTtlMs,
       store: commands === null ? null : redisCacheStore(commands, prefix, channel, instanceId),
       commandsSent: () => commands?.sent() ?? 0,
+      shed: () => connections.usage.shedding,
       onStoreError: (err, operation) => warn(`cache-${operation}`, `cache ${operation} failed on ${tier}, served without Redis: ${connections.redact(err).message}`, { tier })
     })
     // Other instances' writes drop our L1 copies; a lost message is bounded by CACHE_L1_TTL.

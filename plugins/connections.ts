@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { TcpClient } from '../lib/tiers/tcp'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { loadSettings, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
+import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
 import type { TargetResult } from '../lib/targets'
 import { diagnose } from '../lib/diagnose'
 import { redactError, redactText } from '../lib/redact'
@@ -19,6 +19,7 @@ import { liveTier, emptyTierState, type LiveTier, type TierState } from '../lib/
 import { tcpTier } from '../lib/tiers/tcp'
 import { restTier } from '../lib/tiers/rest'
 import { memoryTransport } from '../lib/tiers/memory'
+import { createUsage, type BudgetReport, type Usage } from '../lib/usage'
 
 type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
 
@@ -41,6 +42,8 @@ export interface HealthReport {
   status: 'ok' | 'degraded' | 'down'
   tiers: Record<RedisTier, TierState>
   features: Record<string, FeatureState & Record<string, unknown>>
+  /** Commands billed today (UTC) against REDIS_DAILY_COMMAND_BUDGET, by feature and tier. */
+  budget: BudgetReport
 }
 
 export type { FeatureChange, FeatureState, Rebind }
@@ -71,10 +74,12 @@ export interface Connections {
   /** A setting by variable name (options override env), for feature plugins' own flags. */
   variable: (name: string) => string | undefined
   /**
-   * The commands a feature store needs, on the shared client of a Redis tier, each
-   * with its own deadline and counted; null for memory (or a tier that is not reachable).
+   * The commands a feature store needs, on the shared client of a Redis tier, each with its own
+   * deadline and metered as `feature`'s; null for memory (or a tier that is not reachable).
    */
-  commands: (tier: Tier, timeoutMs: number) => RedisCommands | null
+  commands: (tier: Tier, timeoutMs: number, feature: string) => RedisCommands | null
+  /** Commands each feature sent (Lua scripts' own commands included) and the daily budget. */
+  readonly usage: Usage
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
   bus: (tier: Tier) => Bus
   /**
@@ -121,6 +126,22 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const secrets = [settings.REDIS_PASSWORD, settings.UPSTASH_REDIS_REST_TOKEN, settings.KV_REST_API_TOKEN].filter((s): s is string => s !== undefined)
   const redact = (err: unknown): Error => redactError(err, secrets)
   const safe = (text: string): string => redactText(text, secrets)
+  const usage = createUsage({
+    limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
+    guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
+    onThreshold (percent, budget) {
+      const counts = { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt }
+      if (percent === 80) {
+        const eta = budget.projectedExhaustion === null ? 'it lasts until the reset at this rate' : `at this rate it runs out at ${budget.projectedExhaustion}`
+        log.warn({ budget: counts }, `Redis command budget: ${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''} used today (UTC, 80 %); ${eta}; raise REDIS_DAILY_COMMAND_BUDGET, or set REDIS_BUDGET_GUARD=true to shed optional work when it is spent`)
+      } else {
+        const then = budget.guard
+          ? `REDIS_BUDGET_GUARD is on: the cache stops writing to Redis (L1 and loaders serve) and SSE history pauses until ${budget.resetsAt}`
+          : 'commands are still sent; set REDIS_BUDGET_GUARD=true to shed optional work instead'
+        log.warn({ budget: counts }, `Redis command budget spent: ${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''} today (UTC); ${then}`)
+      }
+    }
+  })
 
   const tiers: Record<RedisTier, TierState> = { tcp: emptyTierState(), rest: emptyTierState() }
   const drivers: Array<TierDriver<unknown>> = []
@@ -155,6 +176,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       ...timeouts,
       reprobeMaxMs,
       diagnose: (err, ctx) => safe(diagnose(err, ctx)),
+      meter: usage.meter('connections', driver.tier),
       onChange (name, up, state) {
         if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
         else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
@@ -230,7 +252,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable)
     const report: HealthReport['tiers'] = structuredClone(tiers)
     for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier))
-    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: report, features: reported }
+    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: report, features: reported, budget: usage.budget() }
   }
 
   /** The driver's own words on the connected client (a cluster: mode, masters, nodes and which are down). */
@@ -252,11 +274,12 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     },
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: read,
-    commands (tier: Tier, timeoutMs: number): RedisCommands | null {
+    commands (tier: Tier, timeoutMs: number, feature: string): RedisCommands | null {
       const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
       const client = clientOf(tier)
-      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs) : null
+      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier)) : null
     },
+    usage,
     bus,
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },

@@ -101,7 +101,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   async function bindTo (resolution: Resolution): Promise<Binding> {
     const tier = resolution.status === 'active' ? resolution.tier : null
     if (tier === null) return { tier, reason: resolution.reason, store: null, commands: null }
-    const commands = tier === 'memory' ? null : connections.commands(tier, timeoutMs)
+    const commands = tier === 'memory' ? null : connections.commands(tier, timeoutMs, 'presence')
     const bus = connections.bus(tier)
     const store = commands !== null
       ? redisPresenceStore(commands, prefix, channel, times)

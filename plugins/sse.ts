@@ -113,11 +113,11 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
 
   function bindTo (resolution: Resolution): Binding {
     const tier = resolution.status === 'active' ? resolution.tier : null
-    const commands = tier !== null ? connections.commands(tier, settings.timeoutMs) : null
+    const commands = tier !== null ? connections.commands(tier, settings.timeoutMs, 'sse') : null
     const memoryBus = tier === 'memory' ? connections.bus('memory') : null
     const channel = fanoutChannel(commands?.shardedPubSub === true)
     const store = commands !== null
-      ? redisSseStore(commands, prefix, channel, settings.history)
+      ? redisSseStore(commands, prefix, channel, settings.history, () => connections.usage.shedding)
       : memoryBus !== null ? memorySseStore(settings.history, (notice) => { memoryBus.publish(channel, notice).catch(() => {}) }) : null
     return { tier, reason: resolution.reason, store, channel }
   }

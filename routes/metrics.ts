@@ -82,10 +82,26 @@ export default async function metricsRoutes (fastify: FastifyInstance): Promise<
     const s = queues.stats()
     return [[{ ...on(queues.tier), outcome: 'completed' }, s.completed], [{ ...on(queues.tier), outcome: 'failed' }, s.failed]]
   })
-  counter('redis_tiers_redis_commands_total', 'Redis commands sent, by feature and tier (on Upstash REST each is a request)', ['feature', 'tier'], () => [
-    [{ feature: 'cache', ...on(cache.tier) }, cache.stats().redisCommands],
-    [{ feature: 'presence', ...on(presence.tier) }, presence.stats().redisCommands]
-  ])
+  const { usage } = connections
+  counter('redis_tiers_redis_commands_total', 'Redis commands billed, by feature and tier: a Lua script counts its EVAL and every command it runs', ['feature', 'tier'], () =>
+    usage.entries().map((e) => [{ feature: e.feature, tier: e.tier }, e.commands]))
+  counter('redis_tiers_redis_requests_total', 'Round trips to Redis (on Upstash REST, HTTP requests), by feature and tier', ['feature', 'tier'], () =>
+    usage.entries().map((e) => [{ feature: e.feature, tier: e.tier }, e.requests]))
+  gauge('redis_tiers_budget_used_commands', 'Commands billed today (UTC) by this instance', [], () => [[{}, usage.budget().used]])
+  gauge('redis_tiers_budget_limit_commands', 'REDIS_DAILY_COMMAND_BUDGET (absent when none is set)', [], () => {
+    const { limit } = usage.budget()
+    return limit === null ? [] : [[{}, limit]]
+  })
+  gauge('redis_tiers_budget_remaining_commands', 'Commands left in today\'s budget', [], () => {
+    const { remaining } = usage.budget()
+    return remaining === null ? [] : [[{}, remaining]]
+  })
+  gauge('redis_tiers_budget_exhaustion_timestamp_seconds', 'When the budget runs out at today\'s rate (absent when it lasts until the reset)', [], () => {
+    const { projectedExhaustion, exhaustedAt } = usage.budget()
+    const at = exhaustedAt ?? projectedExhaustion
+    return at === null ? [] : [[{}, Date.parse(at) / 1000]]
+  })
+  gauge('redis_tiers_budget_shedding', '1 while REDIS_BUDGET_GUARD sheds optional work (cache L2 writes, SSE history)', [], () => [[{}, usage.shedding ? 1 : 0]])
 
   fastify.get('/metrics', async (_request, reply) => await reply.type(registry.contentType).send(await registry.metrics()))
 }

@@ -32,6 +32,8 @@ export interface CacheStats {
   staleServed: number
   redisErrors: number
   redisCommands: number
+  /** Writes kept out of Redis while the command budget guard sheds. */
+  l2WritesShed: number
   l1Entries: number
   l1Bytes: number
 }
@@ -63,6 +65,8 @@ export interface CacheClientOptions {
   store: CacheStore | null
   /** Commands sent by the store, for stats. */
   commandsSent: () => number
+  /** The daily command budget is spent and guarded: leave Redis alone, serve from L1 and the loader. */
+  shed: () => boolean
   /** A Redis call failed (already counted); log it at a bounded rate. */
   onStoreError: (err: Error, operation: string) => void
 }
@@ -109,7 +113,7 @@ export type { Envelope }
 
 export function createCache (opts: CacheClientOptions): CacheClient {
   const { store } = opts
-  const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0 }
+  const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, l2WritesShed: 0 }
   const tagIndex = new Map<string, Set<string>>()
   const inflight = new Map<string, Promise<unknown>>()
   // On the memory tier L1 is the store and cannot be turned off.
@@ -180,7 +184,7 @@ export function createCache (opts: CacheClientOptions): CacheClient {
    */
   async function lookup (key: string, shared = false): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
     const local = readLocal(key, shared)
-    if (store === null || local?.fresh === true) return local
+    if (store === null || local?.fresh === true || opts.shed()) return local
     const raw: string | null | typeof FAILED = await store.get(key).catch((err: Error) => failed(err, 'read'))
     if (raw === FAILED || raw === null || raw === undefined) return undefined
     const envelope = JSON.parse(raw) as Envelope
@@ -201,7 +205,9 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     const json = `{"v":${valueJson},"e":${Date.now() + ttlMs}}`
     l1?.delete(key) // drops old tags
     remember(key, json, tags, store === null ? keepMs : Math.min(ttlMs, opts.l1MaxTtlMs))
-    if (store !== null) await attempt('write', async () => await store.set(key, json, keepMs, tags))
+    if (store === null) return valueJson
+    if (opts.shed()) counters.l2WritesShed++
+    else await attempt('write', async () => await store.set(key, json, keepMs, tags))
     return valueJson
   }
 
@@ -331,6 +337,6 @@ export function unavailableCache (reason: string): Cache {
     getOrSet: reject,
     invalidateTags: reject,
     clear: reject,
-    stats: () => ({ hits: 0, l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, redisCommands: 0, l1Entries: 0, l1Bytes: 0 })
+    stats: () => ({ hits: 0, l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, redisCommands: 0, l2WritesShed: 0, l1Entries: 0, l1Bytes: 0 })
   }
 }

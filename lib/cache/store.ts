@@ -1,4 +1,4 @@
-import type { RedisCommands } from '../redis-commands'
+import { lua, type RedisCommands } from '../redis-commands'
 
 // The cache's Redis layer (tcp and rest alike, through RedisCommands). Each
 // write is one Lua script that also publishes the invalidation for other
@@ -43,40 +43,50 @@ export interface CacheStore {
 /** Keys one invalidation call deletes at most, so that no single script holds Redis for long. */
 export const INVALIDATE_BATCH = 500
 
+// The scripts whose commands depend on the data return how many they ran (what they are billed).
+
 // KEYS: value key, tag keys. ARGV: envelope, keep ms, channel, message.
-const SET_SCRIPT = `
+const SET_SCRIPT = lua(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[2])
+local calls = 3
 redis.call('SET', KEYS[1], ARGV[1], 'PX', keep)
 for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], now + keep, KEYS[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
+  calls = calls + 3
+  if redis.call('PTTL', KEYS[i]) < keep then
+    redis.call('PEXPIRE', KEYS[i], keep)
+    calls = calls + 1
+  end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1`
+return calls`, (keys, calls) => calls === undefined ? 3 + 3 * (keys - 1) : Number(calls))
 
-const DEL_SCRIPT = `
+const DEL_SCRIPT = lua(`
 redis.call('DEL', unpack(KEYS))
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1`
+return 1`, 2)
 
 // KEYS: tag keys. ARGV: channel, instance id, value key prefix, batch. Deletes up to `batch`
 // live members of the tags, in order, and tells the other instances which; returns how many
-// members each tag has left and the keys removed.
-const INVALIDATE_SCRIPT = `
+// members each tag has left, the keys removed, and how many commands it ran.
+const INVALIDATE_SCRIPT = lua(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local budget = tonumber(ARGV[4])
 local cut = #ARGV[3] + 1
-local removed, left = {}, {}
+local removed, left, calls = {}, {}, 1
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  calls = calls + 2
   if budget > 0 then
     local members = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
+    calls = calls + 1
     if #members > 0 then
       redis.call('ZREM', KEYS[i], unpack(members))
+      calls = calls + 1 + #members
       budget = budget - #members
       for _, k in ipairs(members) do
         if redis.call('DEL', k) == 1 then table.insert(removed, string.sub(k, cut)) end
@@ -85,27 +95,33 @@ for i = 1, #KEYS do
   end
   left[i] = redis.call('ZCARD', KEYS[i])
 end
-if #removed > 0 then redis.call('PUBLISH', ARGV[1], cjson.encode({ from = ARGV[2], keys = removed })) end
-return { left, removed }`
+if #removed > 0 then
+  redis.call('PUBLISH', ARGV[1], cjson.encode({ from = ARGV[2], keys = removed }))
+  calls = calls + 1
+end
+return { left, removed, calls }`, (keys, reply) => Array.isArray(reply) ? Number(reply[2]) : 1 + 3 * keys)
 
 // KEYS: tag key. ARGV: value key, keep ms. A tag's part of a write on a cluster.
-const TAG_SCRIPT = `
+const TAG_SCRIPT = lua(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + keep, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
-return 1`
+if redis.call('PTTL', KEYS[1]) < keep then
+  redis.call('PEXPIRE', KEYS[1], keep)
+  return 5
+end
+return 4`, (_keys, calls) => calls === undefined ? 4 : Number(calls))
 
 // KEYS: tag key. ARGV: batch. Prunes what expired, removes and returns up to `batch` live members, and how many are left.
-const POP_TAG_SCRIPT = `
+const POP_TAG_SCRIPT = lua(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
-return { redis.call('ZCARD', KEYS[1]), members }`
+return { redis.call('ZCARD', KEYS[1]), members }`, 5)
 
 export function escapeGlob (text: string): string {
   return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`)

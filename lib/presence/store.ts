@@ -1,4 +1,4 @@
-import type { RedisCommands } from '../redis-commands'
+import { lua, lengthOf, type RedisCommands } from '../redis-commands'
 
 // Who is online, one small store per kind of tier behind one contract. On
 // tcp/rest: a sorted set of users scored by their last heartbeat, a sorted set
@@ -50,7 +50,7 @@ export interface PresenceTimes {
 }
 
 // KEYS: online, devices, info. ARGV: user, device, now, ttl, status, meta, lastSeenTtl, channel
-const HEARTBEAT = `
+const HEARTBEAT = lua(`
 local now = tonumber(ARGV[3])
 local cutoff = now - tonumber(ARGV[4])
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -67,24 +67,25 @@ if not wasOnline then event = 'join' elseif oldStatus ~= ARGV[5] then event = 's
 if event ~= '' then
   redis.call('PUBLISH', ARGV[8], cjson.encode({ type = event, userId = ARGV[1], status = ARGV[5], meta = ARGV[6] }))
 end
-return event`
+return event`, (_keys, event) => event === 'join' || event === 'status' ? 9 : 8)
 
-// KEYS: online, devices, info. ARGV: user, device, now, ttl, channel
-const LEAVE = `
+// KEYS: online, devices, info. ARGV: user, device, now, ttl, channel. 1: a leave; 0: other
+// devices are online; 2: the user was not online.
+const LEAVE = lua(`
 local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 2 end
 redis.call('HSET', KEYS[3], 'lastSeen', ARGV[3])
 redis.call('PUBLISH', ARGV[5], cjson.encode({ type = 'leave', userId = ARGV[1] }))
-return 1`
+return 1`, (_keys, left) => [3, 6, 4][Number(left)] ?? 3)
 
 /** Users one sweep call removes at most: a bounded script, however many expired at once; the plugin calls again while calls come back full. */
 export const SWEEP_BATCH = 500
 
 // KEYS: online. ARGV: cutoff, key prefix, channel, batch. One leave message for the whole batch.
-const SWEEP = `
+const SWEEP = lua(`
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
 if #gone == 0 then return gone end
 redis.call('ZREM', KEYS[1], unpack(gone))
@@ -92,24 +93,27 @@ local devices = {}
 for i, user in ipairs(gone) do devices[i] = ARGV[2] .. 'dev:' .. user end
 redis.call('DEL', unpack(devices))
 redis.call('PUBLISH', ARGV[3], cjson.encode({ type = 'leave', userIds = gone }))
-return gone`
+return gone`, (_keys, gone) => lengthOf(gone) > 0 ? 4 : 1)
 
 // KEYS: online. ARGV: cutoff, offset, limit, key prefix
-const LIST = `
+const LIST = lua(`
 local users = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. ARGV[1], 'WITHSCORES', 'LIMIT', ARGV[2], ARGV[3])
 local out = {}
 for i = 1, #users, 2 do
   local info = redis.call('HMGET', ARGV[4] .. 'info:' .. users[i], 'status', 'meta')
   table.insert(out, { users[i], users[i + 1], info[1] or '', info[2] or 'null' })
 end
-return out`
+return out`, (_keys, rows) => 1 + lengthOf(rows))
 
 // KEYS: online, info. ARGV: user
-const GET = `
+const GET = lua(`
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return false end
 local info = redis.call('HMGET', KEYS[2], 'status', 'meta')
-return { ARGV[1], score, info[1] or '', info[2] or 'null' }`
+return { ARGV[1], score, info[1] or '', info[2] or 'null' }`, (_keys, row) => Array.isArray(row) ? 2 : 1)
+
+const COUNT = lua("return redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')", 1)
+const LAST_SEEN = lua("return redis.call('HGET', KEYS[1], 'lastSeen')", 1)
 
 type Row = [string, string | number, string | null, string | null]
 
@@ -136,7 +140,7 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
       return Array.isArray(gone) ? gone.map(String) : []
     },
     async count (now) {
-      return Number(await commands.eval("return redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')", [online], [cutoff(now)]))
+      return Number(await commands.eval(COUNT, [online], [cutoff(now)]))
     },
     async list (now, offset, limit) {
       const rows = await commands.eval(LIST, [online], [cutoff(now), offset, limit, base])
@@ -148,7 +152,7 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
       return entry(row as Row)
     },
     async lastSeen (userId) {
-      const raw = await commands.eval("return redis.call('HGET', KEYS[1], 'lastSeen')", [`${base}info:${userId}`], [])
+      const raw = await commands.eval(LAST_SEEN, [`${base}info:${userId}`], [])
       return raw === null || raw === undefined || raw === false ? null : Number(raw)
     }
   }

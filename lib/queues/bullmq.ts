@@ -3,6 +3,7 @@ import type { Cluster } from 'ioredis'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { closeTcp, duplicateTcp, isCluster, type TcpClient } from '../tiers/tcp'
 import { RestBullmqClient } from './rest-client'
+import type { Meter } from '../redis-commands'
 import { settledWithin, withTimeout } from '../deadline'
 import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './backend'
 
@@ -20,7 +21,7 @@ export interface BullmqSettings {
    * tcp: the app's shared tcp client, whose options (host, auth, TLS, backoff) are the base of
    * every queue connection; rest: the REST client, for producing only (no workers).
    */
-  connection: { tier: 'tcp', client: TcpClient } | { tier: 'rest', client: UpstashRedis }
+  connection: { tier: 'tcp', client: TcpClient } | { tier: 'rest', client: UpstashRedis, meter: Meter }
   /** Key prefix; BullMQ's own default is `bull`. */
   prefix: string
   commandTimeoutMs: number
@@ -51,7 +52,7 @@ function context (queue: string, job: Job): JobContext {
 export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBackend> {
   const { producer, workerConnection } = settings.connection.tier === 'tcp'
     ? await tcpConnections(settings.connection.client, settings)
-    : { producer: new RestBullmqClient(settings.connection.client), workerConnection: null }
+    : { producer: new RestBullmqClient(settings.connection.client, settings.connection.meter), workerConnection: null }
   const queues = new Map<string, Queue>()
   const workers = new Map<string, Worker>()
   let started = false

@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache'
-import type { RedisCommands } from '../redis-commands'
+import { lua, type RedisCommands } from '../redis-commands'
 
 // Where SSE events live for replay, one small store per kind of tier behind
 // one contract. Event ids are `<ms>-<seq>` on every tier (Redis Stream ids on
@@ -52,29 +52,41 @@ export function compareIds (a: string | null, b: string | null): number {
   return am !== bm ? am - bm : as - bs
 }
 
+/** `<ms>-<seq>` ids made here, increasing even if the clock steps back (as Redis makes stream ids). */
+function eventIds (): () => string {
+  let lastMs = 0
+  let seq = 0
+  return () => {
+    const now = Math.max(Date.now(), lastMs)
+    seq = now === lastMs ? seq + 1 : 0
+    lastMs = now
+    return `${now}-${seq}`
+  }
+}
+
 function sortEvents (events: SseEvent[]): SseEvent[] {
   return events.sort((x, y) => compareIds(x.id, y.id))
 }
 
 // One round trip: append (exact cap), refresh the TTL, notify. The notice
 // carries the event so that no instance has to read it back.
-const PUBLISH_SCRIPT = `
+const PUBLISH_SCRIPT = lua(`
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], cjson.encode({ c = ARGV[6], i = id, e = ARGV[2], d = ARGV[3] }))
-return id`
+return id`, 3)
 
 // A Redis Cluster with sharded pub/sub: the fan-out channel is not in the
 // stream's slot, so the notice is sent after the script, as SPUBLISH.
-const APPEND_SCRIPT = `
+const APPEND_SCRIPT = lua(`
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return id`
+return id`, 2)
 
 // One round trip for every channel: entries after the id, the oldest and
 // newest retained ids and the length (a full stream whose oldest id is newer
 // than the one asked for has dropped events the client missed).
-const REPLAY_SCRIPT = `
+const REPLAY_SCRIPT = lua(`
 local out = {}
 for i = 1, #KEYS do
   local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
@@ -85,7 +97,7 @@ for i = 1, #KEYS do
   if last[1] then newest = last[1][1] end
   out[i] = { entries, oldest, redis.call('XLEN', KEYS[i]), newest }
 end
-return out`
+return out`, (keys) => 4 * keys)
 
 export interface HistoryOptions {
   /** Events kept per channel. */
@@ -94,11 +106,21 @@ export interface HistoryOptions {
   ttlMs: number
 }
 
-export function redisSseStore (commands: RedisCommands, prefix: string, busChannel: string, history: HistoryOptions): SseStore {
+/**
+ * `shed`: the daily command budget is spent and guarded: events still reach every instance's
+ * clients (one PUBLISH), but are not kept for replay (ids are made here, in the same shape).
+ */
+export function redisSseStore (commands: RedisCommands, prefix: string, busChannel: string, history: HistoryOptions, shed: () => boolean): SseStore {
   const key = (channel: string): string => `${prefix}:sse:${channel}`
+  const nextId = eventIds()
   type Replayed = Array<[Array<[string, string[]]>, string, number, string]>
   return {
     async publish (channel, event, data) {
+      if (shed()) {
+        const notice: FanoutNotice = { c: channel, i: nextId(), e: event, d: data }
+        await commands.publish(busChannel, JSON.stringify(notice))
+        return notice.i
+      }
       if (!commands.shardedPubSub) return String(await commands.eval(PUBLISH_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs, busChannel, channel]))
       const id = String(await commands.eval(APPEND_SCRIPT, [key(channel)], [history.maxLength, event, data, history.ttlMs]))
       const notice: FanoutNotice = { c: channel, i: id, e: event, d: data }
@@ -139,14 +161,7 @@ export interface FanoutNotice { c: string, i: string, e: string, d: string }
  */
 export function memorySseStore (history: HistoryOptions, notify: (notice: FanoutNotice) => void): SseStore {
   const rings = new LRUCache<string, Ring>({ max: 10_000, ttl: history.ttlMs }) // lru-cache allocates `max` slots up front
-  let lastMs = 0
-  let seq = 0
-  function nextId (): string {
-    const now = Math.max(Date.now(), lastMs) // monotonic even if the clock steps back
-    seq = now === lastMs ? seq + 1 : 0
-    lastMs = now
-    return `${now}-${seq}`
-  }
+  const nextId = eventIds()
   return {
     async publish (channel, event, data) {
       const ring = rings.get(channel) ?? { events: [], trimmed: false }

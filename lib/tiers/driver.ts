@@ -1,6 +1,6 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { DiagnosisContext } from '../diagnose'
-import type { RedisCommands } from '../redis-commands'
+import type { Meter, RedisCommands } from '../redis-commands'
 import type { RedisTier } from '../resolve-tier'
 
 // One Redis tier behind one small contract: what to connect to (from the
@@ -38,7 +38,8 @@ export interface TierDriver<Client = unknown> {
   probe: (deadlineMs: number) => Promise<ProbeResult<Client>>
   /** PING with its own deadline; resolves with the round trip in ms. */
   ping: (client: Client, ms: number) => Promise<number>
-  commands: (client: Client, timeoutMs: number) => RedisCommands
+  /** The commands adapter on the client, each round trip told to `meter` with what it is billed. */
+  commands: (client: Client, timeoutMs: number, meter: Meter) => RedisCommands
   transport: (client: Client, onError: (err: Error) => void) => (deliver: Deliver, resumed: Resumed) => BusTransport
   watch: (client: Client, signals: LiveSignals) => void
   close: (client: Client) => Promise<void>

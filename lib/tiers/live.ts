@@ -1,6 +1,7 @@
 import type { DiagnosisContext } from '../diagnose'
 import type { RedisTier } from '../resolve-tier'
 import type { ProbeResult, TierDriver } from './driver'
+import type { Meter } from '../redis-commands'
 
 // The one source of truth for whether a configured tier is up, at every
 // moment: fed by the boot probe, the client's own connection events (tcp),
@@ -40,6 +41,8 @@ export interface LiveTierOptions {
   onChange: (tier: RedisTier, up: boolean, state: TierState) => void
   /** Something failed while down (rate-limit it). */
   onError: (tier: RedisTier, diagnosis: string) => void
+  /** Told of every PING sent on the client (one command each). */
+  meter: Meter
 }
 
 export interface LiveTier<Client = unknown> {
@@ -112,6 +115,7 @@ export function liveTier<Client> (driver: TierDriver<Client>, boot: ProbeResult<
   const pingContext: DiagnosisContext = { ...driver.context, timeoutMs: opts.commandTimeoutMs, timeoutVariable: 'REDIS_COMMAND_TIMEOUT_MS' }
 
   async function ping (current: Client): Promise<void> {
+    opts.meter(1)
     try {
       up(await driver.ping(current, opts.commandTimeoutMs))
     } catch (err) {

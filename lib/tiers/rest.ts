@@ -1,7 +1,7 @@
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { ConnectionSettings } from '../config'
 import { withTimeout } from '../deadline'
-import type { RedisCommands } from '../redis-commands'
+import type { Meter, RedisCommands } from '../redis-commands'
 import { restTarget, type RestTarget, type TargetResult } from '../targets'
 import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { restTransport } from './rest-transport'
@@ -56,16 +56,22 @@ async function pingRest (client: UpstashRedis, ms: number): Promise<number> {
   return Math.round((performance.now() - started) * 100) / 100
 }
 
-function restCommands (client: UpstashRedis, timeoutMs: number): RedisCommands {
+function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter): RedisCommands {
   let sent = 0
-  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+  const run = async <T>(fn: () => Promise<T>, billed: (reply: T | undefined) => number = () => 1): Promise<T> => {
     sent++
-    return await withTimeout(fn(), timeoutMs)
+    let reply: T | undefined
+    try {
+      reply = await withTimeout(fn(), timeoutMs)
+      return reply
+    } finally {
+      meter(billed(reply))
+    }
   }
   return {
     tier: 'rest',
     get: async (key) => await run(async () => await client.get<string>(key)),
-    eval: async (script, keys, args) => await run(async () => await client.eval(script, keys, args.map(String))),
+    eval: async (script, keys, args) => await run(async () => await client.eval(script.source, keys, args.map(String)), (reply) => script.cost(keys.length, reply)),
     async scan (cursor, match, count) {
       const [next, keys] = await run(async () => await client.scan(cursor, { match, count }))
       return [String(next), keys]

@@ -4,7 +4,7 @@ import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from '
 import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
-import type { RedisCommands } from '../redis-commands'
+import type { Meter, RedisCommands } from '../redis-commands'
 import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
@@ -195,7 +195,7 @@ function sha1 (text: string): string {
   return createHash('sha1').update(text).digest('hex')
 }
 
-function tcpCommands (client: TcpClient, timeoutMs: number): RedisCommands {
+function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): RedisCommands {
   // There is a client, so a probe succeeded and loaded ioredis.
   const { Command } = ioredis as NonNullable<typeof ioredis>
   let sent = 0
@@ -207,29 +207,46 @@ function tcpCommands (client: TcpClient, timeoutMs: number): RedisCommands {
     command.setTimeout(timeoutMs)
     return client.sendCommand(command) as Promise<T>
   }
+  /** A plain command: one round trip, one command billed. */
+  function one<T> (name: string, args: Array<string | number>): Promise<T> {
+    meter(1)
+    return send<T>(name, args)
+  }
   const shas = new Map<string, string>()
   return {
     tier: 'tcp',
-    get: (key) => send<string | null>('get', [key]), // no async wrapper: this is the hot path of an L2 hit
+    get: (key) => one<string | null>('get', [key]), // no async wrapper: this is the hot path of an L2 hit
     async eval (script, keys, args) {
-      let sha = shas.get(script)
+      let sha = shas.get(script.source)
       if (sha === undefined) {
-        sha = sha1(script)
-        shas.set(script, sha)
+        sha = sha1(script.source)
+        shas.set(script.source, sha)
       }
+      let reply: unknown
       try {
-        return await send('evalsha', [sha, keys.length, ...keys, ...args])
+        reply = await send('evalsha', [sha, keys.length, ...keys, ...args])
       } catch (err) {
-        if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
-        return await send('eval', [script, keys.length, ...keys, ...args])
+        if (!String((err as Error).message).startsWith('NOSCRIPT')) {
+          meter(script.cost(keys.length, undefined))
+          throw err
+        }
+        meter(1) // the EVALSHA that found no script
+        try {
+          reply = await send('eval', [script.source, keys.length, ...keys, ...args])
+        } catch (evalErr) {
+          meter(script.cost(keys.length, undefined))
+          throw evalErr
+        }
       }
+      meter(script.cost(keys.length, reply))
+      return reply
     },
-    scan: isCluster(client) ? clusterScan(client) : async (cursor, match, count) => await send<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
+    scan: isCluster(client) ? clusterScan(client, meter) : async (cursor, match, count) => await one<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
     // A multi-key command must stay within one slot on a cluster: one UNLINK per slot, sent together.
     unlink: isCluster(client)
-      ? async (keys) => (await Promise.all([...bySlot(keys).values()].map(async (group) => await send<number>('unlink', group)))).reduce((a, b) => a + b, 0)
-      : async (keys) => await send<number>('unlink', [...keys]),
-    publish: async (channel, message) => await send<number>(isShardChannel(client, channel) ? 'spublish' : 'publish', [channel, message]),
+      ? async (keys) => (await Promise.all([...bySlot(keys).values()].map(async (group) => await one<number>('unlink', group)))).reduce((a, b) => a + b, 0)
+      : async (keys) => await one<number>('unlink', [...keys]),
+    publish: async (channel, message) => await one<number>(isShardChannel(client, channel) ? 'spublish' : 'publish', [channel, message]),
     cluster: isCluster(client),
     shardedPubSub: isCluster(client) && shardedPubSub.has(client),
     sent: () => sent
@@ -251,13 +268,14 @@ function bySlot (keys: readonly string[]): Map<number, string[]> {
  * SCAN over every master of a cluster, one after the other, behind one cursor:
  * `<master index>:<that master's cursor>`, and '0' when the last one is done.
  */
-function clusterScan (cluster: Cluster): RedisCommands['scan'] {
+function clusterScan (cluster: Cluster, meter: Meter): RedisCommands['scan'] {
   return async (cursor, match, count) => {
     const masters = cluster.nodes('master')
     const [index, inner] = cursor === '0' ? [0, '0'] : cursor.split(':')
     const i = Number(index)
     const node = masters[i]
     if (node === undefined) return ['0', []]
+    meter(1)
     const [next, keys] = await node.scan(inner, 'MATCH', match, 'COUNT', count)
     if (next !== '0') return [`${i}:${next}`, keys]
     return [i + 1 < masters.length ? `${i + 1}:0` : '0', keys]
