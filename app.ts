@@ -9,6 +9,7 @@ import { parseBooleanVariable } from './lib/config'
 import { ConfigError } from './lib/errors'
 import healthRoutes from './routes/health'
 import metricsRoutes from './routes/metrics'
+import statusRoutes, { type StatusPageOptions } from './routes/status'
 import cacheDemoRoutes from './routes/cache'
 import eventRoutes, { demoUserId } from './routes/events'
 import presenceRoutes from './routes/presence'
@@ -35,6 +36,12 @@ export interface AppOptions extends ConnectionsOptions {
   demoRoutes?: boolean
   /** Mount GET /metrics (Prometheus text). Default: METRICS, else on with the demo routes, off otherwise. */
   metrics?: boolean
+  /**
+   * Mount the live status page (GET /status, /status/stream, /status.json). Default: STATUS_PAGE, else
+   * on with the demo routes, off otherwise. Pass `{ authorize(request) }` to put your own access check
+   * in front of it (an object turns it on).
+   */
+  statusPage?: boolean | StatusPageOptions
   cache?: CachePluginOptions
   sse?: SsePluginOptions
   presence?: PresencePluginOptions
@@ -47,6 +54,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   const identify = opts.presence?.identify ?? (demo ? demoUserId : undefined)
   const withPresenceRoutes = opts.presenceRoutes ?? identify !== undefined
   const withMetrics = opts.metrics ?? parseBooleanVariable(fastify.connections.variable, 'METRICS', demo)
+  const statusPage = typeof opts.statusPage === 'object' ? opts.statusPage : (opts.statusPage ?? parseBooleanVariable(fastify.connections.variable, 'STATUS_PAGE', demo)) ? {} : null
   if (withPresenceRoutes && identify === undefined) {
     throw new ConfigError('Invalid configuration: presenceRoutes needs presence.identify(request), the user a request comes from (e.g. from a verified session); the routes never trust a header on their own')
   }
@@ -60,6 +68,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
     quietOutages(routes)
     if (opts.healthRoutes !== false) await routes.register(healthRoutes)
     if (withMetrics) await routes.register(metricsRoutes)
+    if (statusPage !== null) await routes.register(statusRoutes, statusPage)
     if (demo) {
       await routes.register(cacheDemoRoutes)
       await routes.register(eventRoutes)

@@ -92,6 +92,8 @@ export interface Connections {
   describe: (feature: string, details: () => Record<string, unknown> | Promise<Record<string, unknown>>) => void
   /** PING the tiers in use now, each with the command deadline. */
   health: () => Promise<HealthReport>
+  /** The overall state as last seen, without a PING: down when a tier in use is, degraded when any configured tier is. */
+  status: () => HealthReport['status']
   /** Make any error safe to log or return. */
   redact: (err: unknown) => Error
   /**
@@ -247,12 +249,15 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       reported[name] = { ...state, ...await details.get(name)?.() }
     }))
     await Promise.all([...[...live.values()].map(async (t) => await t.check()), described])
-    const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
-    const down = [...inUse].some((t) => !tiers[t].reachable)
-    const degraded = (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable)
     const report: HealthReport['tiers'] = structuredClone(tiers)
     for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier))
-    return { status: down ? 'down' : degraded ? 'degraded' : 'ok', tiers: report, features: reported, budget: usage.budget() }
+    return { status: status(), tiers: report, features: reported, budget: usage.budget() }
+  }
+
+  function status (): HealthReport['status'] {
+    const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
+    if ([...inUse].some((t) => !tiers[t].reachable)) return 'down'
+    return (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable) ? 'degraded' : 'ok'
   }
 
   /** The driver's own words on the connected client (a cluster: mode, masters, nodes and which are down). */
@@ -284,6 +289,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
     describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
     health,
+    status,
     redact,
     explain (tier, err) {
       const state = tier === null || tier === 'memory' ? undefined : tiers[tier]

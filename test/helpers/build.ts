@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify'
-import app from '../../app'
+import app, { type AppOptions } from '../../app'
 import { ROUTER_OPTIONS } from '../../lib/process-entry'
 import type { EnvInput } from '../../lib/config'
 import type { Teardown } from './redis-server'
@@ -20,6 +20,8 @@ export interface BuildOptions {
   plugins?: FastifyPluginAsync[]
   /** Fastify server options besides the logger (default: the servers' router options). */
   fastify?: FastifyServerOptions
+  /** App options besides the env (e.g. statusPage). */
+  app?: Omit<AppOptions, 'env' | 'processEnv'>
 }
 
 /**
@@ -33,7 +35,7 @@ export async function build (t: Teardown, env: EnvInput = {}, opts: BuildOptions
   })
   const fastify = Fastify({ routerOptions: ROUTER_OPTIONS, ...opts.fastify, logger: { level: 'info', stream } })
   t.teardown(async () => await fastify.close())
-  await fastify.register(app, { env, processEnv: false })
+  await fastify.register(app, { ...opts.app, env, processEnv: false })
   for (const plugin of opts.plugins ?? []) await fastify.register(plugin)
   await fastify.ready()
   return {
