@@ -141,7 +141,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     const { tcp, rest } = connections
     const connection = resolution.tier === 'tcp' && tcp !== null
       ? { tier: 'tcp' as const, client: tcp }
-      : resolution.tier === 'rest' && rest !== null ? { tier: 'rest' as const, client: rest, meter: connections.usage.meter('queues', 'rest') } : null
+      : resolution.tier === 'rest' && rest !== null ? { tier: 'rest' as const, client: rest } : null
     if (connection === null) return null
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use; the import above is types only
     const { bullmqBackend } = require('../lib/queues/bullmq') as typeof BullmqBackendModule
@@ -152,6 +152,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       commandTimeoutMs: timeoutMs,
       lockMs,
       events,
+      meter: connections.usage.meter('queues', connection.tier),
       onError: (err) => warn('queues-redis', `queues: ${connections.redact(err).message}`, { tier: 'tcp' })
     })
   }

@@ -1,7 +1,7 @@
-import { Queue, Worker, type Job, type RedisOptions as BullmqRedisOptions } from 'bullmq'
-import type { Cluster } from 'ioredis'
+import { Queue, Worker, type Job } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { closeTcp, duplicateTcp, isCluster, type TcpClient } from '../tiers/tcp'
+import { closeTcp, duplicateTcp, meterTcp, type TcpClient } from '../tiers/tcp'
+import { bullmqScriptCost } from './costs'
 import { RestBullmqClient } from './rest-client'
 import type { Meter } from '../redis-commands'
 import { settledWithin, withTimeout } from '../deadline'
@@ -21,7 +21,9 @@ export interface BullmqSettings {
    * tcp: the app's shared tcp client, whose options (host, auth, TLS, backoff) are the base of
    * every queue connection; rest: the REST client, for producing only (no workers).
    */
-  connection: { tier: 'tcp', client: TcpClient } | { tier: 'rest', client: UpstashRedis, meter: Meter }
+  connection: { tier: 'tcp', client: TcpClient } | { tier: 'rest', client: UpstashRedis }
+  /** Told of every request BullMQ sends, with the commands it is billed (its scripts' own included). */
+  meter: Meter
   /** Key prefix; BullMQ's own default is `bull`. */
   prefix: string
   commandTimeoutMs: number
@@ -52,7 +54,7 @@ function context (queue: string, job: Job): JobContext {
 export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBackend> {
   const { producer, workerConnection } = settings.connection.tier === 'tcp'
     ? await tcpConnections(settings.connection.client, settings)
-    : { producer: new RestBullmqClient(settings.connection.client, settings.connection.meter), workerConnection: null }
+    : { producer: new RestBullmqClient(settings.connection.client, settings.meter), workerConnection: null }
   const queues = new Map<string, Queue>()
   const workers = new Map<string, Worker>()
   let started = false
@@ -195,32 +197,25 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
       await Promise.all([...queues.values()].map(async (q) => await q.close().catch(() => {})))
       if (producer instanceof RestBullmqClient) producer.disconnect()
       else await closeTcp(producer, settings.commandTimeoutMs)
-      if (workerConnection !== null && isTcpClient(workerConnection)) await closeTcp(workerConnection, settings.commandTimeoutMs)
+      if (workerConnection !== null) await closeTcp(workerConnection, settings.commandTimeoutMs)
       workers.clear()
       queues.clear()
     }
   }
 }
 
-function isTcpClient (connection: BullmqRedisOptions | Cluster): connection is Cluster {
-  return (connection as Partial<Cluster>).isCluster === true
-}
-
 /**
- * The producers' shared connection (fails fast) and the workers' own (blocking, patient): options
- * BullMQ connects with, or on a Redis Cluster a Cluster client BullMQ duplicates for each worker.
+ * The producers' shared connection (fails fast) and the template of the workers' own (blocking,
+ * patient), which BullMQ duplicates for each worker; every one of them is metered.
  */
-async function tcpConnections (tcp: TcpClient, settings: BullmqSettings): Promise<{ producer: TcpClient, workerConnection: BullmqRedisOptions | Cluster }> {
-  const producer = duplicateTcp(tcp, 'redis-tiers-queues')
+async function tcpConnections (tcp: TcpClient, settings: BullmqSettings): Promise<{ producer: TcpClient, workerConnection: TcpClient }> {
+  const producer = meterTcp(duplicateTcp(tcp, 'redis-tiers-queues'), settings.meter, bullmqScriptCost)
   producer.on('error', settings.onError)
   await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
+  // Never connected itself (lazy): BullMQ duplicates it for each worker's connections, metered too.
   const patient = { maxRetriesPerRequest: null, enableOfflineQueue: true, commandTimeout: undefined }
-  if (isCluster(tcp)) {
-    const workers = duplicateTcp(tcp, 'redis-tiers-worker', patient) as Cluster
-    workers.on('error', settings.onError)
-    return { producer, workerConnection: workers }
-  }
-  const workerConnection = { ...tcp.options, ...patient, connectionName: 'redis-tiers-worker' } as BullmqRedisOptions
+  const workerConnection = meterTcp(duplicateTcp(tcp, 'redis-tiers-worker', patient), settings.meter, bullmqScriptCost)
+  workerConnection.on('error', settings.onError)
   return { producer, workerConnection }
 }
 

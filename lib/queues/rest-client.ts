@@ -4,6 +4,7 @@ import { Readable } from 'node:stream'
 import type { IRedisClient, IRedisTransaction } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { Meter } from '../redis-commands'
+import { bullmqScriptCost } from './costs'
 
 // BullMQ's own client contract (IRedisClient, the one its ioredis, node-redis
 // and Bun adapters implement) over Upstash REST, for producing only: BullMQ
@@ -24,14 +25,6 @@ for __i in string.gmatch(__hexed, '%d+') do
   ARGV[__n] = (string.gsub(ARGV[__n], '..', function (h) return string.char(tonumber(h, 16)) end))
 end
 `
-
-/**
- * Commands BullMQ's producer scripts run inside Redis (what Upstash bills besides the EVALSHA),
- * measured with INFO commandstats on a real Redis (bullmq 5/6, a plain job); BullMQ's scripts
- * branch on job options, so these are typical counts, not bounds. Others count as OTHER_SCRIPT.
- */
-export const BULLMQ_SCRIPT_COMMANDS: Readonly<Record<string, number>> = { addStandardJob: 8, addDelayedJob: 9, addPrioritizedJob: 9, getCounts: 7 }
-const OTHER_SCRIPT = 8
 
 interface Script { keys: number, lua: string, sha: string, /** billed per call, the EVALSHA included */ cost: number }
 type Arg = string | number | Buffer
@@ -140,8 +133,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
 
   defineCommand (name: string, definition: { numberOfKeys: number, lua: string }): void {
     const lua = PRELUDE + definition.lua
-    const cost = 1 + (BULLMQ_SCRIPT_COMMANDS[name.split(':')[0]] ?? OTHER_SCRIPT)
-    this.scripts.set(name, { keys: definition.numberOfKeys, lua, sha: createHash('sha1').update(lua).digest('hex'), cost })
+    this.scripts.set(name, { keys: definition.numberOfKeys, lua, sha: createHash('sha1').update(lua).digest('hex'), cost: bullmqScriptCost(name) })
   }
 
   async runCommand (name: string, args: unknown[]): Promise<unknown> {

@@ -48,6 +48,33 @@ export function duplicateTcp (client: TcpClient, connectionName: string, overrid
   return client.duplicate([], { ...options, ...cluster, enableOfflineQueue: offlineQueue, redisOptions: { ...options.redisOptions, connectionName, ...overrides } })
 }
 
+/**
+ * Tells `meter` of every command `client` sends, pipelines and connection set-up included, and
+ * makes every duplicate of it do the same: for clients handed to a library that sends commands of
+ * its own (BullMQ, which duplicates what it is given for its blocking connections). A script
+ * defined on it (defineCommand) is billed `scriptCost(name)`, learnt as the library defines it.
+ */
+export function meterTcp<T extends TcpClient> (client: T, meter: Meter, scriptCost: (name: string) => number, costs = new Map<string, number>()): T {
+  type Send = (command: { name: string, args: unknown[] }, ...rest: unknown[]) => unknown
+  type Define = (name: string, definition: { lua: string, numberOfKeys?: number }) => void
+  type Duplicate = (...args: unknown[]) => TcpClient
+  const raw = client as unknown as { sendCommand: Send, defineCommand: Define, duplicate: Duplicate }
+  const send = raw.sendCommand.bind(client)
+  const define = raw.defineCommand.bind(client)
+  const duplicate = raw.duplicate.bind(client)
+  raw.defineCommand = (name, definition) => {
+    costs.set(sha1(definition.lua), scriptCost(name))
+    define(name, definition)
+  }
+  raw.sendCommand = (command, ...rest) => {
+    const { name, args } = command
+    meter(name === 'evalsha' ? costs.get(String(args[0])) ?? 1 : name === 'eval' ? costs.get(sha1(String(args[0]))) ?? 1 : 1)
+    return send(command, ...rest)
+  }
+  raw.duplicate = (...args) => meterTcp(duplicate(...args), meter, scriptCost, costs)
+  return client
+}
+
 function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
   return {
     host: target.host,
