@@ -26,7 +26,9 @@ t.test('the commands counted per feature are the commands Redis ran, Lua scripts
   const admin = new Redis(redis.url)
   t.teardown(() => admin.disconnect())
   // Presence sweeps every TTL / 2: a long TTL keeps the sweeper out of the measured window.
-  const { app } = await build(t, { REDIS_URL: redis.url, QUEUES_ENABLED: false, PRESENCE_TTL_MS: 600_000, CACHE_L1_MAX_ENTRIES: 0 })
+  const { app } = await build(t, { REDIS_URL: redis.url, QUEUES_WORKERS: false, PRESENCE_TTL_MS: 600_000, CACHE_L1_MAX_ENTRIES: 0 }, {
+    plugins: [async (f) => { f.queues.define('mail', async () => null, { progressChannel: () => null }) }]
+  })
   const counted = (): number => app.connections.usage.entries().filter((e) => e.feature !== 'connections').reduce((n, e) => n + e.commands, 0)
 
   async function everyOperation (round: string): Promise<void> {
@@ -47,6 +49,7 @@ t.test('the commands counted per feature are the commands Redis ran, Lua scripts
     await app.presence.get(`${round}u`)
     await app.presence.leave(`${round}u`, { device: 'd1' }) // the last device: a leave
     await app.presence.lastSeen(`${round}u`)
+    await app.queues.add('mail', { round }) // BullMQ's own connection and script
     t.ok(id !== '', 'published')
     // Presence's join, status and leave reach browsers as SSE events, published after the call returns.
     await eventually(() => app.sse.stats().published === published + 5, 2000, 'presence events published')
@@ -60,6 +63,7 @@ t.test('the commands counted per feature are the commands Redis ran, Lua scripts
   t.equal(counted() - before.counted, ran, 'counted exactly what Redis ran')
   const cache = app.connections.usage.entries().find((e) => e.feature === 'cache')
   t.ok(cache !== undefined && cache.commands > cache.requests, 'a script is billed more than its one round trip')
+  t.ok(app.connections.usage.entries().some((e) => e.feature === 'queues' && e.tier === 'tcp' && e.commands >= 9), 'BullMQ\'s commands are counted as the queues\'')
 })
 
 t.test('REST with a budget of 40 and the guard: warnings at 80 % and 100 % once, counts in /health, L2 writes stop, reads go on', async (t) => {
