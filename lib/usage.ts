@@ -60,6 +60,19 @@ export interface Usage {
 
 const DAY_MS = 86_400_000
 
+/** The log line for a threshold crossed: what was used, what happens now, and the variables that change it. */
+export function budgetWarning (percent: 80 | 100, budget: BudgetReport): string {
+  const of = `${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''}`
+  if (percent === 80) {
+    const eta = budget.projectedExhaustion === null ? 'it lasts until the reset at this rate' : `at this rate it runs out at ${budget.projectedExhaustion}`
+    return `Redis command budget: ${of} used today (UTC, 80 %); ${eta}; raise REDIS_DAILY_COMMAND_BUDGET, or set REDIS_BUDGET_GUARD=true to shed optional work when it is spent`
+  }
+  const then = budget.guard
+    ? `REDIS_BUDGET_GUARD is on: the cache stops reading and writing Redis (L1 and loaders serve) and SSE history pauses until ${budget.resetsAt}`
+    : 'commands are still sent; set REDIS_BUDGET_GUARD=true to shed optional work instead'
+  return `Redis command budget spent: ${of} today (UTC); ${then}`
+}
+
 export function createUsage (opts: UsageOptions): Usage {
   const now = opts.now ?? Date.now
   const entries = new Map<string, UsageEntry>()

@@ -19,7 +19,7 @@ import { liveTier, emptyTierState, type LiveTier, type TierState } from '../lib/
 import { tcpTier } from '../lib/tiers/tcp'
 import { restTier } from '../lib/tiers/rest'
 import { memoryTransport } from '../lib/tiers/memory'
-import { createUsage, type BudgetReport, type Usage } from '../lib/usage'
+import { budgetWarning, createUsage, type BudgetReport, type Usage } from '../lib/usage'
 
 type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
 
@@ -131,18 +131,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const usage = createUsage({
     limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
     guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
-    onThreshold (percent, budget) {
-      const counts = { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt }
-      if (percent === 80) {
-        const eta = budget.projectedExhaustion === null ? 'it lasts until the reset at this rate' : `at this rate it runs out at ${budget.projectedExhaustion}`
-        log.warn({ budget: counts }, `Redis command budget: ${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''} used today (UTC, 80 %); ${eta}; raise REDIS_DAILY_COMMAND_BUDGET, or set REDIS_BUDGET_GUARD=true to shed optional work when it is spent`)
-      } else {
-        const then = budget.guard
-          ? `REDIS_BUDGET_GUARD is on: the cache stops writing to Redis (L1 and loaders serve) and SSE history pauses until ${budget.resetsAt}`
-          : 'commands are still sent; set REDIS_BUDGET_GUARD=true to shed optional work instead'
-        log.warn({ budget: counts }, `Redis command budget spent: ${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''} today (UTC); ${then}`)
-      }
-    }
+    onThreshold: (percent, budget) => log.warn({ budget: { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt } }, budgetWarning(percent, budget))
   })
 
   const tiers: Record<RedisTier, TierState> = { tcp: emptyTierState(), rest: emptyTierState() }

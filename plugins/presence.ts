@@ -32,7 +32,7 @@ export interface Presence {
   list: (opts?: { limit?: number, cursor?: string }) => Promise<{ users: PresenceEntry[], cursor: string | null }>
   count: () => Promise<number>
   lastSeen: (userId: string) => Promise<number | null>
-  /** Commands (round trips) sent to Redis so far; on Upstash REST each one is billed. */
+  /** Round trips to Redis on the current tier (the commands they are billed: `fastify.connections.usage`). */
   stats: () => { redisCommands: number }
   /** join / leave / status events from every instance; returns a function that removes the listener. */
   on: (type: PresenceEventType, listener: PresenceListener) => () => void

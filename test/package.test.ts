@@ -105,10 +105,15 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       const fastify = Fastify()
       await fastify.register(app)
       const out = {}
-      for (const [method, url] of [['GET', '/health'], ['GET', '/health/live'], ['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/presence/online']]) {
+      for (const [method, url] of [['GET', '/health'], ['GET', '/health/live'], ['GET', '/cache/demo/x'], ['GET', '/events/public:x'], ['POST', '/jobs/report'], ['GET', '/presence/online'], ['GET', '/status'], ['GET', '/metrics']]) {
         out[method + ' ' + url] = (await fastify.inject({ method, url, headers: { 'x-user-id': 'u1' } })).statusCode
       }
       await fastify.close()
+      const withPage = Fastify()
+      await withPage.register(app, { statusPage: true })
+      const page = await withPage.inject('/status')
+      out['GET /status with statusPage: true'] = page.statusCode + ' ' + page.headers['content-type']
+      await withPage.close()
       console.log(JSON.stringify(out))
     `)
     t.same(JSON.parse(await run(host, process.execPath, ['mount.mjs'])), {
@@ -117,7 +122,10 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       'GET /cache/demo/x': 404,
       'GET /events/public:x': 404,
       'POST /jobs/report': 404,
-      'GET /presence/online': 404
+      'GET /presence/online': 404,
+      'GET /status': 404,
+      'GET /metrics': 404,
+      'GET /status with statusPage: true': '200 text/html; charset=utf-8'
     })
   })
 

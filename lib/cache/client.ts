@@ -31,6 +31,7 @@ export interface CacheStats {
   loaderRuns: number
   staleServed: number
   redisErrors: number
+  /** Round trips to Redis on the current tier (the commands they are billed: `fastify.connections.usage`). */
   redisCommands: number
   /** Writes kept out of Redis while the command budget guard sheds. */
   l2WritesShed: number
