@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
-import { ForbiddenError } from '../lib/errors'
+import { FeatureUnavailableError, ForbiddenError } from '../lib/errors'
 import type { BudgetReport } from '../lib/usage'
 import { statusPage } from './status-page'
 
@@ -46,6 +46,8 @@ export interface StatusSnapshot {
 }
 
 const PUSH_MS = 2000
+/** Live viewers per instance; past it a viewer gets 503 and its page polls /status.json instead. */
+const MAX_VIEWERS = 100
 const SLOW_FIGURES_MS = 10_000
 const HISTORY_LENGTH = 90
 const STREAM_HEADERS = {
@@ -166,6 +168,7 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
 
   fastify.get('/status/stream', async (request, reply) => {
     await allowed(request)
+    if (viewers.size >= MAX_VIEWERS) throw new FeatureUnavailableError('status', `${MAX_VIEWERS} status page streams are open on this instance; the page polls /status.json instead`)
     await refreshSlow()
     reply.hijack()
     const res = reply.raw

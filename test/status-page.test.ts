@@ -1,5 +1,6 @@
 import t from 'tap'
 import { existsSync } from 'node:fs'
+import http from 'node:http'
 import path from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { build, type Built } from './helpers/build'
@@ -58,6 +59,37 @@ t.test('/status.json: every tier and feature with its figures and costs, and no 
   t.match(s.budget, { limit: 100000, guard: false })
   t.ok(s.budget.used > 0 && s.history !== undefined && s.history.length >= 1)
   for (const url of ['/status', '/status.json']) t.notOk((await app.inject(url)).body.includes(password), `no credential in ${url}`)
+})
+
+t.test('/status/stream: a snapshot at once, and at most 100 viewers per instance (then 503: the page polls)', async (t) => {
+  const { app } = await build(t, { STATUS_PAGE: true })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const agent = new http.Agent({ keepAlive: false, maxSockets: 200 })
+  t.teardown(() => agent.destroy())
+  const open = async (): Promise<{ status: number, first: string, res: http.IncomingMessage }> => await new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/status/stream', agent }, (res) => {
+      res.setEncoding('utf8')
+      let text = ''
+      const onData = (chunk: string): void => {
+        text += chunk
+        if (res.statusCode !== 200 || text.includes('\n\ndata: ')) {
+          res.off('data', onData)
+          resolve({ status: res.statusCode ?? 0, first: text, res })
+        }
+      }
+      res.on('data', onData)
+    }).on('error', reject)
+  })
+  const viewers = await Promise.all(Array.from({ length: 100 }, open))
+  t.ok(viewers.every((v) => v.status === 200), '100 viewers')
+  const snapshot = JSON.parse(/\ndata: (.*)\n/.exec(viewers[0].first)?.[1] ?? '{}') as StatusSnapshot
+  t.match(snapshot, { status: 'ok', features: [{ feature: 'cache', tier: 'memory' }] }, 'the first frame is a whole snapshot, history included')
+  t.ok(Array.isArray(snapshot.history))
+  const refused = await open()
+  t.equal(refused.status, 503)
+  t.match(refused.first, /status page streams are open on this instance/)
+  for (const v of viewers) v.res.destroy()
 })
 
 t.test('in a real browser: every feature and its tier, live without a reload when Redis dies, no console error', { skip: NO_BROWSER }, async (t) => {
