@@ -87,19 +87,14 @@ export default async function metricsRoutes (fastify: FastifyInstance): Promise<
     usage.entries().map((e) => [{ feature: e.feature, tier: e.tier }, e.commands]))
   counter('redis_tiers_redis_requests_total', 'Round trips to Redis (on Upstash REST, HTTP requests), by feature and tier', ['feature', 'tier'], () =>
     usage.entries().map((e) => [{ feature: e.feature, tier: e.tier }, e.requests]))
-  gauge('redis_tiers_budget_used_commands', 'Commands billed today (UTC) by this instance', [], () => [[{}, usage.budget().used]])
-  gauge('redis_tiers_budget_limit_commands', 'REDIS_DAILY_COMMAND_BUDGET (absent when none is set)', [], () => {
-    const { limit } = usage.budget()
-    return limit === null ? [] : [[{}, limit]]
+  gauge('redis_tiers_budget_commands', 'Today\'s command budget (UTC): used; limit and remaining only when REDIS_DAILY_COMMAND_BUDGET is set', ['kind'], () => {
+    const { used, limit, remaining } = usage.budget()
+    return [[{ kind: 'used' }, used], ...(limit === null || remaining === null ? [] : [[{ kind: 'limit' }, limit], [{ kind: 'remaining' }, remaining]] as Array<[Labels, number]>)]
   })
-  gauge('redis_tiers_budget_remaining_commands', 'Commands left in today\'s budget', [], () => {
-    const { remaining } = usage.budget()
-    return remaining === null ? [] : [[{}, remaining]]
-  })
-  gauge('redis_tiers_budget_exhaustion_timestamp_seconds', 'When the budget runs out at today\'s rate (absent when it lasts until the reset)', [], () => {
+  gauge('redis_tiers_budget_exhaustion_timestamp_seconds', 'When the budget ran out today (spent), or runs out at today\'s rate (projected); absent when it lasts until the reset', ['kind'], () => {
     const { projectedExhaustion, exhaustedAt } = usage.budget()
-    const at = exhaustedAt ?? projectedExhaustion
-    return at === null ? [] : [[{}, Date.parse(at) / 1000]]
+    if (exhaustedAt !== null) return [[{ kind: 'spent' }, Date.parse(exhaustedAt) / 1000]]
+    return projectedExhaustion === null ? [] : [[{ kind: 'projected' }, Date.parse(projectedExhaustion) / 1000]]
   })
   gauge('redis_tiers_budget_shedding', '1 while REDIS_BUDGET_GUARD sheds optional work (cache L2 writes, SSE history)', [], () => [[{}, usage.shedding ? 1 : 0]])
 

@@ -33,7 +33,7 @@ const find = (samples: Sample[], name: string, labels: Record<string, string> = 
 t.test('/metrics on tcp: per-feature series, the live tier state, and no secret', async (t) => {
   const password = 'metrics-secret-password'
   const redis = await startRedisServer(t, { password })
-  const { app } = await build(t, { DEMO_ROUTES: true, METRICS: true, REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 500, QUEUES_DRAIN_MS: 500 })
+  const { app } = await build(t, { DEMO_ROUTES: true, METRICS: true, REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 500, QUEUES_DRAIN_MS: 500, REDIS_DAILY_COMMAND_BUDGET: 1_000_000 })
   await app.cache.getOrSet('k', () => 1)
   await app.cache.get('k')
   await app.sse.publish('public:m', { n: 1 })
@@ -53,7 +53,14 @@ t.test('/metrics on tcp: per-feature series, the live tier state, and no secret'
   t.match(find(samples, 'redis_tiers_sse_events_total', { outcome: 'published' }), { value: 2 }, 'ours, and presence\'s join event for browsers')
   t.match(find(samples, 'redis_tiers_presence_online', { tier: 'tcp' }), { value: 1 })
   t.ok(find(samples, 'redis_tiers_queue_jobs', { queue: 'report' }) !== undefined, 'jobs per queue and state')
-  t.ok((find(samples, 'redis_tiers_redis_commands_total', { feature: 'cache', tier: 'tcp' })?.value ?? 0) >= 2, 'commands per feature and tier')
+  const cacheCommands = find(samples, 'redis_tiers_redis_commands_total', { feature: 'cache', tier: 'tcp' })?.value ?? 0
+  t.ok(cacheCommands >= 5, 'commands per feature and tier, scripts\' own included')
+  t.ok(cacheCommands > (find(samples, 'redis_tiers_redis_requests_total', { feature: 'cache', tier: 'tcp' })?.value ?? Infinity), 'more commands than round trips')
+  const used = find(samples, 'redis_tiers_budget_commands', { kind: 'used' })?.value ?? 0
+  t.ok(used >= cacheCommands, 'the budget counts every feature')
+  t.match(find(samples, 'redis_tiers_budget_commands', { kind: 'limit' }), { value: 1_000_000 })
+  t.match(find(samples, 'redis_tiers_budget_commands', { kind: 'remaining' }), { value: 1_000_000 - used })
+  t.match(find(samples, 'redis_tiers_budget_shedding'), { value: 0 })
 
   await redis.stop()
   await eventually(async () => find(parse((await app.inject('/metrics')).body), 'redis_tiers_tier_up', { tier: 'tcp' })?.value === 0, 5000, 'tier_up 0 once Redis is gone')
@@ -66,4 +73,7 @@ t.test('/metrics is opt-in when the app is mounted', async (t) => {
   const samples = parse((await on.app.inject('/metrics')).body)
   t.equal(find(samples, 'redis_tiers_tier_up'), undefined, 'no tier configured, no tier series')
   t.match(find(samples, 'redis_tiers_feature_active', { feature: 'queues' }), { labels: { tier: 'none' }, value: 0 }, 'a skipped feature is 0')
+  t.match(find(samples, 'redis_tiers_budget_commands', { kind: 'used' }), { value: 0 })
+  t.equal(find(samples, 'redis_tiers_budget_commands', { kind: 'limit' }), undefined, 'no budget set: no limit series, rather than a limit of 0')
+  t.equal(find(samples, 'redis_tiers_budget_exhaustion_timestamp_seconds'), undefined)
 })
