@@ -65,7 +65,8 @@ export function budgetWarning (percent: 80 | 100, budget: BudgetReport): string 
   const of = `${budget.used} of REDIS_DAILY_COMMAND_BUDGET=${budget.limit ?? ''}`
   if (percent === 80) {
     const eta = budget.projectedExhaustion === null ? 'it lasts until the reset at this rate' : `at this rate it runs out at ${budget.projectedExhaustion}`
-    return `Redis command budget: ${of} used today (UTC, 80 %); ${eta}; raise REDIS_DAILY_COMMAND_BUDGET, or set REDIS_BUDGET_GUARD=true to shed optional work when it is spent`
+    const then = budget.guard ? 'REDIS_BUDGET_GUARD will shed optional work once it is spent' : 'set REDIS_BUDGET_GUARD=true to shed optional work when it is spent'
+    return `Redis command budget: ${of} used today (UTC, 80 %); ${eta}; raise REDIS_DAILY_COMMAND_BUDGET if that is too soon; ${then}`
   }
   const then = budget.guard
     ? `REDIS_BUDGET_GUARD is on: the cache stops reading and writing Redis (L1 and loaders serve) and SSE history pauses until ${budget.resetsAt}`

@@ -84,6 +84,7 @@ t.test('REST with a budget of 40 and the guard: warnings at 80 % and 100 % once,
 
   const warnings = logs().filter((l) => /REDIS_DAILY_COMMAND_BUDGET/.test(l.msg))
   t.equal(warnings.filter((l) => /80 %/.test(l.msg)).length, 1, 'the 80 % warning, once')
+  t.match(warnings.find((l) => /80 %/.test(l.msg))?.msg, /at this rate it runs out at .*; REDIS_BUDGET_GUARD will shed optional work once it is spent/)
   t.equal(warnings.filter((l) => /budget spent/.test(l.msg)).length, 1, 'the 100 % warning, once')
   t.match(warnings.find((l) => /budget spent/.test(l.msg))?.msg, /REDIS_BUDGET_GUARD is on: the cache stops reading and writing Redis/)
 
