@@ -148,7 +148,7 @@ export function createUsage (opts: UsageOptions): Usage {
         counted.commands += commands
         counted.today += commands
         used += commands
-        if (opts.limit !== null && warned < 100) thresholds()
+        if (warned < 100) thresholds()
       }
     },
     entries: () => [...entries.values()].map((e) => ({ ...e })),
