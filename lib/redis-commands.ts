@@ -40,6 +40,11 @@ export interface RedisCommands {
   readonly sent: () => number
 }
 
+/** Redis's answer to EVALSHA of a script it does not hold (a new or restarted server): send the script itself. */
+export function isNoScript (err: unknown): boolean {
+  return /NOSCRIPT/.test(String((err as Error | undefined)?.message ?? err))
+}
+
 /** The billed count of a reply that is a list (removed keys, swept users): its length, else 0. */
 export function lengthOf (reply: unknown): number {
   return Array.isArray(reply) ? reply.length : 0

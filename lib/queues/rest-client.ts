@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events'
 import { Readable } from 'node:stream'
 import type { IRedisClient, IRedisTransaction } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import type { Meter } from '../redis-commands'
+import { isNoScript, type Meter } from '../redis-commands'
 import { bullmqScriptCost } from './costs'
 
 // BullMQ's own client contract (IRedisClient, the one its ioredis, node-redis
@@ -47,10 +47,6 @@ function encode (script: Script, args: unknown[]): { keys: string[], argv: strin
   })
   argv.push(hexed.join(','))
   return { keys, argv }
-}
-
-function isNoScript (err: unknown): boolean {
-  return /NOSCRIPT/.test(String((err as Error | undefined)?.message ?? err))
 }
 
 /** HGETALL as ioredis gives it: an object (Upstash answers a flat [field, value, ...] list, or null). */

@@ -4,7 +4,7 @@ import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from '
 import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
-import type { Meter, RedisCommands } from '../redis-commands'
+import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
 import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
@@ -239,6 +239,20 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): Redis
     meter(1)
     return send<T>(name, args)
   }
+  /** A script call, metered with the commands it ran once it answers (a NOSCRIPT answer ran none). */
+  async function evaluate (command: 'evalsha' | 'eval', body: string, script: LuaScript, keys: string[], args: Array<string | number>): Promise<unknown> {
+    let billed = 1
+    try {
+      const reply = await send(command, [body, keys.length, ...keys, ...args])
+      billed = script.cost(keys.length, reply)
+      return reply
+    } catch (err) {
+      if (!isNoScript(err)) billed = script.cost(keys.length, undefined)
+      throw err
+    } finally {
+      meter(billed)
+    }
+  }
   const shas = new Map<string, string>()
   return {
     tier: 'tcp',
@@ -249,24 +263,12 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): Redis
         sha = sha1(script.source)
         shas.set(script.source, sha)
       }
-      let reply: unknown
       try {
-        reply = await send('evalsha', [sha, keys.length, ...keys, ...args])
+        return await evaluate('evalsha', sha, script, keys, args)
       } catch (err) {
-        if (!String((err as Error).message).startsWith('NOSCRIPT')) {
-          meter(script.cost(keys.length, undefined))
-          throw err
-        }
-        meter(1) // the EVALSHA that found no script
-        try {
-          reply = await send('eval', [script.source, keys.length, ...keys, ...args])
-        } catch (evalErr) {
-          meter(script.cost(keys.length, undefined))
-          throw evalErr
-        }
+        if (!isNoScript(err)) throw err
+        return await evaluate('eval', script.source, script, keys, args)
       }
-      meter(script.cost(keys.length, reply))
-      return reply
     },
     scan: isCluster(client) ? clusterScan(client, meter) : async (cursor, match, count) => await one<[string, string[]]>('scan', [cursor, 'MATCH', match, 'COUNT', count]),
     // A multi-key command must stay within one slot on a cluster: one UNLINK per slot, sent together.
