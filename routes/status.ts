@@ -115,7 +115,7 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
         presence: { online: slow.online },
         queues: slow.queues
       },
-      commands: connections.usage.entries().map(({ feature, tier, requests, commands, today }) => ({ feature, tier, requests, commands, today })),
+      commands: connections.usage.entries(),
       budget: connections.usage.budget(),
       ...(withHistory ? { history } : {})
     }

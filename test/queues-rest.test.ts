@@ -155,8 +155,11 @@ t.test('a REST-only app produces BullMQ jobs that a TCP worker runs', async (t) 
   })
 
   t.test('a Redis that lost its scripts (restart, SCRIPT FLUSH): add and addBulk send them again and work', async (t) => {
+    const billed = (): number => app.connections.usage.entries().find((e) => e.feature === 'queues')?.commands ?? 0
     await direct.script('FLUSH')
+    const before = billed()
     const one = await app.queues.add('mail', { after: 'flush' })
+    t.equal(billed() - before, 1 + 9, 'the EVALSHA answered NOSCRIPT is billed as one command, then the script as usual')
     t.match(await app.queues.getJob('mail', one.id), { state: 'waiting', data: { after: 'flush' } })
     await direct.script('FLUSH')
     const bulk = await app.queues.addBulk('mail', [{ data: { flushed: 1 } }, { data: { flushed: 2 } }])

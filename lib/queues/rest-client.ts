@@ -49,6 +49,11 @@ function encode (script: Script, args: unknown[]): { keys: string[], argv: strin
   return { keys, argv }
 }
 
+/** What a script call that answered `error` is billed: nothing ran on a NOSCRIPT answer but the EVALSHA itself. */
+function billed (script: Script, error: unknown): number {
+  return error !== undefined && isNoScript(error) ? 1 : script.cost
+}
+
 /** HGETALL as ioredis gives it: an object (Upstash answers a flat [field, value, ...] list, or null). */
 function pairs (reply: unknown): Record<string, string> {
   if (reply !== null && typeof reply === 'object' && !Array.isArray(reply)) return reply as Record<string, string>
@@ -136,11 +141,12 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
     const script = this.script(name)
     const { keys, argv } = encode(script, args)
     try {
-      this.meter(script.cost)
       const result = await this.rest.evalsha(script.sha, keys, argv)
       this.loaded.add(script.sha)
+      this.meter(script.cost)
       return result
     } catch (err) {
+      this.meter(billed(script, err))
       if (!isNoScript(err)) throw err
       this.loaded.delete(script.sha)
       return await this.eval(script, keys, argv)
@@ -165,8 +171,13 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
       if ('script' in entry) batch.evalsha(entry.script.sha, entry.keys, entry.argv)
       else entry.add(batch)
     }
-    this.meter(entries.reduce((n, entry) => n + ('script' in entry ? entry.script.cost : 1), 0))
-    const replies = await batch.exec({ keepErrors: true })
+    let replies: Awaited<ReturnType<Batch['exec']>>
+    try {
+      replies = await batch.exec({ keepErrors: true })
+    } finally {
+      // Billed as answered: what each entry ran (nothing for one answered NOSCRIPT); the whole batch if no answer came.
+      this.meter(entries.reduce((n, entry, i) => n + ('script' in entry ? billed(entry.script, replies?.[i]?.error) : 1), 0))
+    }
     const results: Array<[Error | null, unknown]> = []
     for (const [i, reply] of replies.entries()) {
       const entry = entries[i]
