@@ -54,6 +54,7 @@ const OPERATIONS: Operation[] = [
   { name: 'cache getOrSet, L1 hit', features: ['cache'], op: async (app) => await app.cache.getOrSet('hot', () => 1) },
   { name: 'cache get, L2 hit or miss', features: ['cache'], op: async (app, r) => await app.cache.get(`cold${r}`) },
   { name: 'cache getOrSet, miss (GET + write)', features: ['cache'], op: async (app, r) => await app.cache.getOrSet(`miss${r}`, () => r) },
+  { name: 'cached route, miss (a new variant)', features: ['cache'], op: async (app, r) => await app.inject(`/route?v=${r}`) },
   { name: 'cache set, 2 tags (new tags)', features: ['cache'], op: async (app, r) => await app.cache.set(`tagged${r}`, r, { tags: [`a${r}`, `b${r}`] }) },
   { name: 'cache del', features: ['cache'], op: async (app, r) => await app.cache.del(`miss${r}`) },
   { name: 'cache invalidateTags, 1 tag of 10 keys', features: ['cache'], setup: async (app, r) => { for (let i = 0; i < 10; i++) await app.cache.set(`k${r}-${i}`, i, { tags: [`t${r}`] }) }, op: async (app, r) => await app.cache.invalidateTags([`t${r}`]) },
@@ -80,6 +81,7 @@ export async function run (): Promise<void> {
       await admin.flushall() // the same users join on each tier
       const app = await bootApp({ ...env, QUEUES_PREFIX: `costs-${tier}`, QUEUES_WORKERS: false }, (f) => {
         f.queues.define('bench', async () => null, { progressChannel: () => null, removeOnComplete: true })
+        f.get('/route', { config: { cache: { ttl: 60, query: ['v'] } } }, async () => ({ ok: true }))
       }, { demoRoutes: false })
       process.stdout.write(`\n${tier}: one operation (after a warm one), as round trips / commands counted / commands Redis ran\n`)
       for (const operation of OPERATIONS) {

@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { createCache, unavailableCache, type Cache, type CacheClient } from '../lib/cache/client'
 import { redisCacheStore } from '../lib/cache/store'
-import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
+import { parseBooleanVariable, parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { claimFeatureDecorator } from '../lib/decorators'
 import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
@@ -39,7 +39,10 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     l1MaxTtlMs: parseDurationVariable(variable, 'CACHE_L1_TTL', '10s'),
     timeoutMs: parseIntegerVariable(variable, 'CACHE_TIMEOUT_MS', 250, 1, 60000),
     l1MaxEntries: parseIntegerVariable(variable, 'CACHE_L1_MAX_ENTRIES', 10000, 0, 10_000_000),
-    l1MaxBytes: parseIntegerVariable(variable, 'CACHE_L1_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40)
+    l1MaxBytes: parseIntegerVariable(variable, 'CACHE_L1_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40),
+    maxValueBytes: parseIntegerVariable(variable, 'CACHE_MAX_VALUE_BYTES', 1024 * 1024, 1024, 512 * 1024 * 1024),
+    maxVariants: parseIntegerVariable(variable, 'CACHE_ROUTE_MAX_VARIANTS', 1000, 1, 10_000_000),
+    honorNoCache: parseBooleanVariable(variable, 'CACHE_HONOR_NO_CACHE', false)
   }
 
   const log = fastify.log.child({ plugin: 'cache' })
@@ -48,7 +51,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   const channel = `${prefix}:cache:invalidate`
 
   /** The client of one resolution and the invalidation subscription it needs. */
-  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'lookupShared'>, stop?: Unsubscribe }
+  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'lookupShared' | 'storeShared' | 'storeFailing'>, stop?: Unsubscribe }
 
   async function bindTo (resolution: Resolution): Promise<Binding> {
     if (resolution.status === 'skipped') return { client: unavailableCache(resolution.reason) }
@@ -62,6 +65,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
       l1MaxEntries: settings.l1MaxEntries,
       l1MaxBytes: settings.l1MaxBytes,
       l1MaxTtlMs: settings.l1MaxTtlMs,
+      maxValueBytes: settings.maxValueBytes,
       store: commands === null ? null : redisCacheStore(commands, prefix, channel, instanceId),
       commandsSent: () => commands?.sent() ?? 0,
       shed: () => connections.usage.shedding,
@@ -103,9 +107,11 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   // Route response caching: GET/HEAD routes opt in with `config.cache`.
   fastify.addHook('onRoute', routeCacheHooks({
     reader: () => binding.reader,
-    write: async (key, stored, options) => await cache.set(key, stored, options),
+    write: async (key, stored, options, variants) => await (binding.reader?.storeShared(key, stored, options, variants) ?? 'store-failed'),
     inject: async (options) => await fastify.inject(options),
     defaultTtlMs: settings.defaultTtlMs,
+    maxVariants: settings.maxVariants,
+    honorNoCache: settings.honorNoCache,
     redact: connections.redact,
     warn: (key, message) => warn(key, message)
   }))

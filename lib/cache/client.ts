@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache'
-import type { CacheStore, Envelope, InvalidationMessage } from './store'
+import type { CacheStore, Envelope, InvalidationMessage, Variants } from './store'
 import { parseDuration } from '../duration'
 import { FeatureUnavailableError, InvalidInputError } from '../errors'
 import type { Tier } from '../resolve-tier'
@@ -35,6 +35,10 @@ export interface CacheStats {
   redisCommands: number
   /** Writes kept out of Redis while the command budget guard sheds. */
   l2WritesShed: number
+  /** Values not stored because they exceed CACHE_MAX_VALUE_BYTES (a loader's or a route's: served, not cached). */
+  tooLarge: number
+  /** Route responses not stored because their route already holds its maximum of entries. */
+  variantsCapped: number
   l1Entries: number
   l1Bytes: number
 }
@@ -68,6 +72,8 @@ export interface CacheClientOptions {
   commandsSent: () => number
   /** The daily command budget is spent and guarded: leave Redis alone, serve from L1 and the loader. */
   shed: () => boolean
+  /** CACHE_MAX_VALUE_BYTES: the largest value stored, as JSON bytes. */
+  maxValueBytes: number
   /** A Redis call failed (already counted); log it at a bounded rate. */
   onStoreError: (err: Error, operation: string) => void
 }
@@ -98,6 +104,12 @@ interface L1Entry {
 
 const FAILED: unique symbol = Symbol('failed')
 
+/** What became of a write: `stored` only when the store (Redis, or L1 on the memory tier) holds it. */
+export type WriteOutcome = 'stored' | 'too-large' | 'too-many-variants' | 'store-failed' | 'budget'
+
+/** A value ready to write: its JSON, envelope and lifetimes. */
+interface Encoded { valueJson: string, json: string, tags: readonly string[], ttlMs: number, keepMs: number }
+
 export interface CacheClient extends Cache {
   applyInvalidation: (message: unknown) => void
   /**
@@ -108,13 +120,19 @@ export interface CacheClient extends Cache {
   lookupShared: (key: string) => Promise<Envelope | undefined>
   /** L1 only and synchronous, shared like lookupShared; undefined when L1 has no fresh entry (no miss is counted). */
   peekShared: (key: string) => Envelope | undefined
+  /** Whether the last call to Redis failed or timed out (always false on the memory tier). */
+  storeFailing: () => boolean
+  /** A route's write: what became of it, so that Cache-Status says `stored` only when it was; counted within `variants`. */
+  storeShared: (key: string, value: unknown, options: CacheSetOptions, variants: Variants) => Promise<WriteOutcome>
 }
 
 export type { Envelope }
 
 export function createCache (opts: CacheClientOptions): CacheClient {
   const { store } = opts
-  const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, l2WritesShed: 0 }
+  const counters = { l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, l2WritesShed: 0, tooLarge: 0, variantsCapped: 0 }
+  // The memory tier's own count of each route's live entries (on tcp/rest Redis counts them for the fleet).
+  const localVariants = new Map<string, Map<string, number>>()
   const tagIndex = new Map<string, Set<string>>()
   const inflight = new Map<string, Promise<unknown>>()
   // On the memory tier L1 is the store and cannot be turned off.
@@ -146,7 +164,11 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     }
   }
 
+  // Whether the last Redis call failed: a route's miss then does not wait for its write.
+  let failing = false
+
   function failed (err: Error, operation: string): typeof FAILED {
+    failing = true
     counters.redisErrors++
     opts.onStoreError(err, operation)
     return FAILED
@@ -155,7 +177,9 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   /** A Redis call that fails open: an error or timeout is counted, logged at a bounded rate, and returned as FAILED. */
   async function attempt<T> (operation: string, call: () => Promise<T>): Promise<T | typeof FAILED> {
     try {
-      return await call()
+      const result = await call()
+      failing = false
+      return result
     } catch (err) {
       return failed(err as Error, operation)
     }
@@ -186,7 +210,7 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   async function lookup (key: string, shared = false): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
     const local = readLocal(key, shared)
     if (store === null || local?.fresh === true || opts.shed()) return local
-    const raw: string | null | typeof FAILED = await store.get(key).catch((err: Error) => failed(err, 'read'))
+    const raw = await attempt('read', async () => await store.get(key))
     if (raw === FAILED || raw === null || raw === undefined) return undefined
     const envelope = JSON.parse(raw) as Envelope
     const freshFor = envelope.e - Date.now()
@@ -196,20 +220,57 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     return { envelope, fresh: true }
   }
 
-  async function write (key: string, value: unknown, options: GetOrSetOptions): Promise<string> {
+  function encode (value: unknown, options: GetOrSetOptions): Encoded {
     if (value === undefined) throw new InvalidInputError('undefined cannot be cached (it is what a miss returns); cache null instead')
     const tags = validateTags(options.tags)
     const ttlMs = options.ttl === undefined ? opts.defaultTtlMs : parseDuration(options.ttl, 'ttl')
     const keepMs = ttlMs + (options.staleIfErrorTtl === undefined ? 0 : parseDuration(options.staleIfErrorTtl, 'staleIfErrorTtl'))
     const valueJson = JSON.stringify(value) as string | undefined
     if (valueJson === undefined) throw new InvalidInputError(`a ${typeof value} cannot be cached: values must be JSON`)
-    const json = `{"v":${valueJson},"e":${Date.now() + ttlMs}}`
+    return { valueJson, json: `{"v":${valueJson},"e":${Date.now() + ttlMs}}`, tags, ttlMs, keepMs }
+  }
+
+  function tooLarge (json: string): boolean {
+    return json.length * 3 > opts.maxValueBytes && Buffer.byteLength(json) > opts.maxValueBytes
+  }
+
+  /** The memory tier's variant cap: expired entries are forgotten once the route is full. */
+  function admitLocally (key: string, keepMs: number, variants: Variants): boolean {
+    let live = localVariants.get(variants.id)
+    if (live === undefined) localVariants.set(variants.id, live = new Map<string, number>())
+    const now = Date.now()
+    if (!live.has(key) && live.size >= variants.max) {
+      for (const [k, until] of live) if (until <= now) live.delete(k)
+      if (live.size >= variants.max) return false
+    }
+    live.set(key, now + keepMs)
+    return true
+  }
+
+  async function commit (key: string, encoded: Encoded, variants?: Variants): Promise<WriteOutcome> {
+    const { json, tags, ttlMs, keepMs } = encoded
+    if (tooLarge(json)) {
+      counters.tooLarge++
+      return 'too-large'
+    }
+    if (store === null && variants !== undefined && !admitLocally(key, keepMs, variants)) {
+      counters.variantsCapped++
+      return 'too-many-variants'
+    }
     l1?.delete(key) // drops old tags
     remember(key, json, tags, store === null ? keepMs : Math.min(ttlMs, opts.l1MaxTtlMs))
-    if (store === null) return valueJson
-    if (opts.shed()) counters.l2WritesShed++
-    else await attempt('write', async () => await store.set(key, json, keepMs, tags))
-    return valueJson
+    if (store === null) return 'stored'
+    if (opts.shed()) {
+      counters.l2WritesShed++
+      return 'budget'
+    }
+    const written = await attempt('write', async () => await store.set(key, json, keepMs, tags, variants))
+    if (written === FAILED) return 'store-failed'
+    if (written) return 'stored'
+    // Refused by the route's variant cap: the copy in L1 would be a variant Redis does not count.
+    l1?.delete(key)
+    counters.variantsCapped++
+    return 'too-many-variants'
   }
 
   return {
@@ -245,7 +306,14 @@ export function createCache (opts: CacheClientOptions): CacheClient {
 
     async set (key, value, options = {}) {
       validateName(key, 'key')
-      await write(key, value, options)
+      const outcome = await commit(key, encode(value, options))
+      if (outcome === 'too-large') throw new InvalidInputError(`cache value for this key is larger than CACHE_MAX_VALUE_BYTES (${opts.maxValueBytes} bytes as JSON): store less, or raise CACHE_MAX_VALUE_BYTES`)
+    },
+
+    storeFailing: () => failing,
+
+    async storeShared (key, value, options, variants) {
+      return await commit(key, encode(value, options), variants)
     },
 
     async getOrSet<T> (key: string, loader: () => T | Promise<T>, options: GetOrSetOptions = {}): Promise<T> {
@@ -269,7 +337,10 @@ export function createCache (opts: CacheClientOptions): CacheClient {
           }
           throw err
         }
-        return JSON.parse(await write(key, value, options)) as T
+        // Too large to store: served all the same, and counted (stats().tooLarge).
+        const encoded = encode(value, options)
+        await commit(key, encoded)
+        return JSON.parse(encoded.valueJson) as T
       })()
       inflight.set(key, run)
       try {
@@ -338,6 +409,6 @@ export function unavailableCache (reason: string): Cache {
     getOrSet: reject,
     invalidateTags: reject,
     clear: reject,
-    stats: () => ({ hits: 0, l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, redisCommands: 0, l2WritesShed: 0, l1Entries: 0, l1Bytes: 0 })
+    stats: () => ({ hits: 0, l1Hits: 0, l2Hits: 0, misses: 0, loaderRuns: 0, staleServed: 0, redisErrors: 0, redisCommands: 0, l2WritesShed: 0, tooLarge: 0, variantsCapped: 0, l1Entries: 0, l1Bytes: 0 })
   }
 }

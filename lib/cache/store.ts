@@ -5,6 +5,9 @@ import { lua, type RedisCommands } from '../redis-commands'
 // instances' L1, so a write costs one round trip even on Upstash REST.
 // Layout under the namespace `<prefix>`:
 //   <prefix>:c:<key>   the value envelope, with a TTL
+//   <prefix>:v:{<route>} a sorted set of a cached route's entries, scored by when each expires: the
+//                      route's variant cap counts its live members (the braces put it in the slot
+//                      of the route's entries, whose keys carry the same hash tag)
 //   <prefix>:t:<tag>   a sorted set of value keys carrying that tag, scored by when each expires
 //                      (Redis's clock, so instances cannot disagree); members that expired are
 //                      pruned on every write to the tag and before an invalidation, so its size
@@ -30,10 +33,14 @@ export interface InvalidationMessage {
   clear?: boolean
 }
 
+/** The route an entry belongs to, and how many live entries that route may hold at once. */
+export interface Variants { id: string, max: number }
+
 export interface CacheStore {
   /** The envelope as stored (JSON text), or null on a miss. */
   get: (key: string) => Promise<string | null>
-  set: (key: string, envelopeJson: string, keepMs: number, tags: readonly string[]) => Promise<void>
+  /** Resolves false when `variants` is full and the key is not one of its live entries: nothing was written. */
+  set: (key: string, envelopeJson: string, keepMs: number, tags: readonly string[], variants?: Variants) => Promise<boolean>
   del: (keys: readonly string[]) => Promise<void>
   /** Deletes every key carrying one of the tags; resolves with those keys. */
   invalidateTags: (tags: readonly string[]) => Promise<string[]>
@@ -45,14 +52,39 @@ export const INVALIDATE_BATCH = 500
 
 // The scripts whose commands depend on the data return how many they ran (what they are billed).
 
-// KEYS: value key, tag keys. ARGV: envelope, keep ms, channel, message.
+// KEYS: value key, the route's variant set when ARGV[5] (its cap) is not 0, then tag keys.
+// ARGV: envelope, keep ms, channel, message, cap. Returns { commands run, 1 if written else 0 }.
+// A new variant of a full route prunes the expired ones and is refused if the route is still full;
+// otherwise the cap costs ZADD + PEXPIRE, and ZCARD for a new variant: 2 or 3 commands, no round trip.
 const SET_SCRIPT = lua(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[2])
-local calls = 3
+local cap = tonumber(ARGV[5])
+local calls = 1
+local first = 2
+if cap > 0 then
+  first = 3
+  local v = KEYS[2]
+  calls = calls + 1
+  if redis.call('ZADD', v, now + keep, KEYS[1]) == 1 then
+    calls = calls + 1
+    if redis.call('ZCARD', v) > cap then
+      redis.call('ZREMRANGEBYSCORE', v, '-inf', now)
+      calls = calls + 2
+      if redis.call('ZCARD', v) > cap then
+        redis.call('ZREM', v, KEYS[1])
+        return { calls + 1, 0 }
+      end
+    end
+  end
+  -- A route's writes share one keep, so the newest member always expires last: the set lives as long.
+  redis.call('PEXPIRE', v, keep)
+  calls = calls + 1
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', keep)
-for i = 2, #KEYS do
+calls = calls + 2
+for i = first, #KEYS do
   redis.call('ZADD', KEYS[i], now + keep, KEYS[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   calls = calls + 3
@@ -62,7 +94,7 @@ for i = 2, #KEYS do
   end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return calls`, (keys, calls) => calls === undefined ? 3 + 3 * (keys - 1) : Number(calls))
+return { calls, 1 }`, (keys, reply) => Array.isArray(reply) ? Number(reply[0]) : 3 + 3 * (keys - 1))
 
 const DEL_SCRIPT = lua(`
 redis.call('DEL', unpack(KEYS))
@@ -130,6 +162,7 @@ export function escapeGlob (text: string): string {
 export function redisCacheStore (commands: RedisCommands, prefix: string, channel: string, instanceId: string): CacheStore {
   const valueKey = (key: string): string => `${prefix}:c:${key}`
   const tagKey = (tag: string): string => `${prefix}:t:${tag}`
+  const variantKey = (id: string): string => `${prefix}:v:{${id}}`
   const message = (m: Omit<InvalidationMessage, 'from'>): string => JSON.stringify({ from: instanceId, ...m })
 
   /** Cluster: each tag's members popped in its own slot, then unlinked per slot, then one message. */
@@ -150,15 +183,16 @@ export function redisCacheStore (commands: RedisCommands, prefix: string, channe
 
   return {
     get: (key) => commands.get(valueKey(key)),
-    async set (key, envelopeJson, keepMs, tags) {
-      if (!commands.cluster) {
-        await commands.eval(SET_SCRIPT, [valueKey(key), ...tags.map(tagKey)], [envelopeJson, keepMs, channel, message({ keys: [key] })])
-        return
-      }
-      await Promise.all([
-        commands.eval(SET_SCRIPT, [valueKey(key)], [envelopeJson, keepMs, channel, message({ keys: [key] })]),
+    async set (key, envelopeJson, keepMs, tags, variants) {
+      // The variant set shares the entry's slot (its hash tag), so it stays in the SET script on a cluster too.
+      const own = variants === undefined ? [valueKey(key)] : [valueKey(key), variantKey(variants.id)]
+      const args = [envelopeJson, keepMs, channel, message({ keys: [key] }), variants?.max ?? 0]
+      if (!commands.cluster) return (await commands.eval(SET_SCRIPT, [...own, ...tags.map(tagKey)], args) as [number, number])[1] === 1
+      const [written] = await Promise.all([
+        commands.eval(SET_SCRIPT, own, args),
         ...tags.map(async (tag) => await commands.eval(TAG_SCRIPT, [tagKey(tag)], [valueKey(key), keepMs]))
       ])
+      return (written as [number, number])[1] === 1
     },
     async del (keys) {
       if (keys.length === 0) return
@@ -186,7 +220,7 @@ export function redisCacheStore (commands: RedisCommands, prefix: string, channe
     async clear () {
       // SCAN + UNLINK only within our namespace: never FLUSHDB, never someone else's keys. UNLINK frees
       // large tag sets in the background; each call removes one SCAN page.
-      for (const kind of ['c', 't']) {
+      for (const kind of ['c', 't', 'v']) {
         let cursor = '0'
         do {
           const [next, keys] = await commands.scan(cursor, `${escapeGlob(prefix)}:${kind}:*`, 500)
