@@ -73,6 +73,16 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
     t.equal(b.app.cache.stats().redisErrors, 0)
   })
 
+  t.test('cached routes: the entry and its route\'s variant count share a slot; stored on A, a hit on B', async (t) => {
+    const miss = await a.app.inject('/cache/demo/on-cluster?x=1')
+    t.equal(miss.headers['cache-status'], 'redis-tiers; fwd=miss; stored', 'one script wrote both: no CROSSSLOT')
+    const hit = await b.app.inject('/cache/demo/on-cluster?x=1')
+    t.match(hit.headers['cache-status'], /^redis-tiers; hit; /)
+    t.equal(hit.body, miss.body)
+    t.equal((await keysPerMaster(cluster, 'cl:v:*')).reduce((x, y) => x + y, 0), 1, 'one variant set')
+    t.equal(a.app.cache.stats().redisErrors, 0)
+  })
+
   t.test('sse: published on A, delivered to a client of B, and replayed', async (t) => {
     const url = await serve(b.app)
     const live = await connectSse(t, `${url}/events/public:cluster`)
