@@ -26,10 +26,12 @@ for (const [name, path] of Object.entries(ENTRIES)) {
     'export default cjs.default',
     ''
   ].join('\n'))
+  // The default import of a CommonJS module is the module itself under `moduleResolution: node16/nodenext`
+  // (its `default` is the plugin) and the plugin under `bundler`: the type takes whichever it is given.
   writeFileSync(`dist/esm/${name}.d.mts`, [
     `import type cjs from '${target}'`,
     `export * from '${target}'`,
-    'declare const plugin: typeof cjs.default',
+    'declare const plugin: typeof cjs extends { default: infer Plugin } ? Plugin : typeof cjs',
     'export default plugin',
     ''
   ].join('\n'))
