@@ -152,7 +152,7 @@ async function runSnippet (host: string, s: Snippet, name: string): Promise<stri
       }
     })
     child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    child.on('exit', (code, signal) => {
+    child.on('close', (code, signal) => {
       clearTimeout(deadline)
       resolve((code === 0 || (listening && signal === 'SIGTERM')) && stderr === '' ? '' : `exit ${code ?? signal ?? ''}\n${stderr}`)
     })
