@@ -57,14 +57,49 @@ export interface TierChange {
   since: string
 }
 
+// The shared clients are typed by what this package promises of them, not by their libraries'
+// declarations: a public type that names ioredis pulls its declarations into every host, and
+// ioredis 6's import `redis-errors`, which has no types (TS7016 in a host with `strict` and
+// tsc's default `skipLibCheck: false`). Both the clients satisfy these shapes, which connections
+// checks where it hands them out; a host that wants the rest of a library casts to its own import.
+
+/**
+ * The shared ioredis client: a `Redis`, or a `Cluster` (`isCluster`) when REDIS_URL names a node of one.
+ * For the rest of its API: `fastify.connections.tcp as import('ioredis').Redis | null`.
+ */
+export interface SharedTcpClient {
+  readonly isCluster: boolean
+  /** ioredis's connection status: `ready` while commands can run. */
+  readonly status: string
+  ping: () => Promise<string>
+  get: (key: string) => Promise<string | null>
+  set: (key: string, value: string | number) => Promise<'OK'>
+  del: (...keys: string[]) => Promise<number>
+  /** Any command, as ioredis's `call`. */
+  call: (command: string, ...args: Array<string | number>) => Promise<unknown>
+}
+
+/**
+ * The shared @upstash/redis client. For the rest of its API:
+ * `fastify.connections.rest as import('@upstash/redis').Redis | null`.
+ */
+export interface SharedRestClient {
+  ping: () => Promise<string>
+  /** JSON values come back parsed, as @upstash/redis gives them. */
+  get: <T = unknown>(key: string) => Promise<T | null>
+  set: <T>(key: string, value: T) => Promise<'OK' | T | null>
+  del: (...keys: string[]) => Promise<number>
+  /** Any command, as @upstash/redis's `exec`. */
+  exec: <T = unknown>(command: [string, ...Array<string | number | boolean>]) => Promise<T>
+}
+
 export interface Connections {
   /** Each tier's live state: the same objects for the life of the app. */
   readonly tiers: Readonly<Record<RedisTier, TierState>>
   /** The shared ioredis client (commands fail fast while disconnected), or null until tcp has been reached. */
-  /** One Redis, or a Redis Cluster (`isCluster`) when REDIS_URL names a node of one. */
-  readonly tcp: TcpClient | null
+  readonly tcp: SharedTcpClient | null
   /** The shared @upstash/redis client, or null until rest has been reached. */
-  readonly rest: UpstashRedis | null
+  readonly rest: SharedRestClient | null
   /**
    * `tier`: a tier went down or came back (each change once, after boot). `change`: a feature
    * moved to another tier (after its rebind succeeded). Returns a function that removes the listener.
@@ -259,8 +294,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   fastify.decorate('features', features)
   fastify.decorate('connections', {
     tiers,
-    get tcp () { return clientOf('tcp') as TcpClient | null },
-    get rest () { return clientOf('rest') as UpstashRedis | null },
+    get tcp (): SharedTcpClient | null { return clientOf('tcp') as TcpClient | null },
+    get rest (): SharedRestClient | null { return clientOf('rest') as UpstashRedis | null },
     on (event: 'tier' | 'change', listener: (change: never) => void) {
       const handler = listener as (change: unknown) => void
       changes.on(event, handler)

@@ -11,7 +11,8 @@ import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
-import { isCluster } from '../lib/tiers/tcp'
+import { isCluster, type TcpClient } from '../lib/tiers/tcp'
+import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 
 export const REST_PRODUCER_NOTE = 'producing only: workers need a TCP Redis; run `npm run worker` with REDIS_URL pointing at the same database'
 
@@ -138,7 +139,9 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       const { memoryBackend } = require('../lib/queues/memory') as typeof MemoryBackendModule
       return memoryBackend(events)
     }
-    const { tcp, rest } = connections
+    // The shared clients are the libraries' own; connections types them only structurally in public.
+    const tcp = connections.tcp as TcpClient | null
+    const rest = connections.rest as UpstashRedis | null
     const connection = resolution.tier === 'tcp' && tcp !== null
       ? { tier: 'tcp' as const, client: tcp }
       : resolution.tier === 'rest' && rest !== null ? { tier: 'rest' as const, client: rest } : null
