@@ -92,3 +92,19 @@ export function redactError (err: unknown, secrets: readonly string[] = []): Err
   if (typeof code === 'string') safe.code = code
   return safe
 }
+
+/**
+ * `text` without the address of a Redis (`endpoint`, the redacted address that `variable` holds):
+ * the endpoint, its host:port and its host become "the Redis in <variable>". For what is said to
+ * callers who may not know where the database is (a host's /health, 503 bodies, feature reasons).
+ */
+export function concealEndpoint (text: string, endpoint: string | null, variable: string | null): string {
+  if (endpoint === null || endpoint === '') return text
+  const named = `the Redis in ${variable ?? 'its variable'}`
+  const forms = [`${endpoint} (${variable ?? ''})`, endpoint]
+  try {
+    const { hostname, port } = new URL(endpoint)
+    if (hostname !== '') forms.push(...(port !== '' ? [`${hostname}:${port}`] : []), hostname)
+  } catch { /* not a URL: the endpoint itself is all there is to hide */ }
+  return forms.reduce((out, form) => out.split(form).join(named), text)
+}
