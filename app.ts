@@ -7,8 +7,8 @@ import presence, { type PresencePluginOptions } from './plugins/presence'
 import queues, { type QueuesPluginOptions } from './plugins/queues'
 import { parseBooleanVariable } from './lib/config'
 import { ConfigError } from './lib/errors'
-import healthRoutes from './routes/health'
-import metricsRoutes from './routes/metrics'
+import healthRoutes, { type HealthOptions } from './routes/health'
+import metricsRoutes, { type MetricsOptions } from './routes/metrics'
 import statusRoutes, { type StatusPageOptions } from './routes/status'
 import cacheDemoRoutes from './routes/cache'
 import eventRoutes, { demoUserId } from './routes/events'
@@ -24,6 +24,8 @@ import { quietOutages } from './routes/outage-errors'
 export interface AppOptions extends ConnectionsOptions {
   /** Register the /health routes (default true). */
   healthRoutes?: boolean
+  /** What /health shows: `{ showEndpoints: true }` adds the tiers' redacted addresses (default: only with the demo routes). */
+  health?: HealthOptions
   /**
    * Register the /presence routes (default: when `presence.identify` is given, or with the demo).
    * They trust whatever `identify` says, so they are never mounted without one.
@@ -34,8 +36,11 @@ export interface AppOptions extends ConnectionsOptions {
    * with the DEMO-ONLY `x-user-id` identity. Default: DEMO_ROUTES, else false.
    */
   demoRoutes?: boolean
-  /** Mount GET /metrics (Prometheus text). Default: METRICS, else on with the demo routes, off otherwise. */
-  metrics?: boolean
+  /**
+   * Mount GET /metrics (Prometheus text). Default: METRICS, else on with the demo routes, off otherwise.
+   * Pass `{ authorize(request) }` to put your own access check in front of it (an object turns it on).
+   */
+  metrics?: boolean | MetricsOptions
   /**
    * Mount the live status page (GET /status, /status/stream, /status.json). Default: STATUS_PAGE, else
    * on with the demo routes, off otherwise. Pass `{ authorize(request) }` to put your own access check
@@ -53,8 +58,8 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   const demo = opts.demoRoutes ?? parseBooleanVariable(fastify.connections.variable, 'DEMO_ROUTES', false)
   const identify = opts.presence?.identify ?? (demo ? demoUserId : undefined)
   const withPresenceRoutes = opts.presenceRoutes ?? identify !== undefined
-  const withMetrics = opts.metrics ?? parseBooleanVariable(fastify.connections.variable, 'METRICS', demo)
-  const statusPage = typeof opts.statusPage === 'object' ? opts.statusPage : (opts.statusPage ?? parseBooleanVariable(fastify.connections.variable, 'STATUS_PAGE', demo)) ? {} : null
+  const metrics = mounted(opts.metrics, 'METRICS', fastify.connections.variable, demo)
+  const statusPage = mounted(opts.statusPage, 'STATUS_PAGE', fastify.connections.variable, demo)
   if (withPresenceRoutes && identify === undefined) {
     throw new ConfigError('Invalid configuration: presenceRoutes needs presence.identify(request), the user a request comes from (e.g. from a verified session); the routes never trust a header on their own')
   }
@@ -66,8 +71,8 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   // The routes share one encapsulated scope: its error handler keeps outages out of the host's error logs.
   await fastify.register(async (routes) => {
     quietOutages(routes)
-    if (opts.healthRoutes !== false) await routes.register(healthRoutes)
-    if (withMetrics) await routes.register(metricsRoutes)
+    if (opts.healthRoutes !== false) await routes.register(healthRoutes, { showEndpoints: demo, ...opts.health })
+    if (metrics !== null) await routes.register(metricsRoutes, metrics)
     if (statusPage !== null) await routes.register(statusRoutes, statusPage)
     if (demo) {
       await routes.register(cacheDemoRoutes)
@@ -80,11 +85,24 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   if ((demo || withPresenceRoutes) && maxParamLength < 128) {
     fastify.log.warn({ maxParamLength }, `the router's maxParamLength is ${maxParamLength}: channels, job ids and user ids of up to 128 characters will get 414; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
+  const open = [...(statusPage !== null && statusPage.authorize === undefined ? ['the status page (STATUS_PAGE or statusPage: /status, /status.json, /status/stream)'] : []),
+    ...(metrics !== null && metrics.authorize === undefined ? ['/metrics (METRICS or metrics)'] : [])]
+  if (open.length > 0) {
+    fastify.addHook('onReady', async () => {
+      fastify.log.warn({ unprotected: open }, `${open.join(' and ')} mounted without an authorize: anyone who can reach this server sees the tiers, features and usage; pass { authorize(request) } (statusPage: { authorize }, metrics: { authorize }) or put them behind your own access control`)
+    })
+  }
   if (demo) {
     fastify.addHook('onReady', async () => {
       fastify.log.warn({ demoRoutes: true }, 'demo routes are mounted: the demo identity (x-user-id header) is active and must not face the internet; unset DEMO_ROUTES (or pass demoRoutes: false) in production')
     })
   }
+}
+
+/** A route group's options when it is mounted (an object turns it on; else the option, the variable, or the demo), or null. */
+function mounted<T extends object> (option: boolean | T | undefined, variable: string, read: (name: string) => string | undefined, demo: boolean): T | Record<string, never> | null {
+  if (typeof option === 'object') return option
+  return (option ?? parseBooleanVariable(read, variable, demo)) ? {} : null
 }
 
 export default fp(app, { name: 'redis-tiers-app', fastify: '5.x' })

@@ -1,5 +1,5 @@
 import { ConfigError } from './errors'
-import { parseDuration } from './duration'
+import { parseConfigDuration } from './duration'
 
 /** Raw settings: environment variables, overridden by plugin options of the same names. */
 export type EnvInput = Record<string, string | number | boolean | undefined>
@@ -99,9 +99,5 @@ export function parseIntegerVariable (read: ReadVariable, name: string, fallback
 
 /** Parse a duration variable ('500ms', '30s', seconds); throws ConfigError naming it. */
 export function parseDurationVariable (read: ReadVariable, name: string, fallback: string): number {
-  try {
-    return parseDuration(read(name) ?? fallback, name)
-  } catch (err) {
-    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
-  }
+  return parseConfigDuration(read(name) ?? fallback, name)
 }

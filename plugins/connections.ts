@@ -6,7 +6,7 @@ import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-m
 import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
 import type { TargetResult } from '../lib/targets'
 import { diagnose } from '../lib/diagnose'
-import { redactError, redactText } from '../lib/redact'
+import { concealEndpoint, redactError, redactText } from '../lib/redact'
 import { createBus, type Bus } from '../lib/bus'
 import type { FeatureRequirement, RedisTier, Tier } from '../lib/resolve-tier'
 import { featureBindings, type FeatureChange, type FeatureState, type Rebind } from '../lib/feature-bindings'
@@ -249,11 +249,16 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     timer.unref()
     holdDown.set(tier, timer)
   }
+  function addressless (tier: RedisTier): string | undefined {
+    const { lastError, endpoint, source } = tiers[tier]
+    return lastError === null ? undefined : concealEndpoint(lastError, endpoint, source)
+  }
   const bindings = featureBindings({
     read,
+    // A feature's reason reaches 503 bodies and a host's /health: the diagnosis without the address.
     availability: () => ({
-      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: tiers.tcp.lastError ?? undefined },
-      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: tiers.rest.lastError ?? undefined }
+      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: addressless('tcp') },
+      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: addressless('rest') }
     }),
     isUp: (tier) => tiers[tier].reachable,
     onChange (change, state) {
@@ -316,10 +321,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     status,
     redact,
     explain (tier, err) {
-      const state = tier === null || tier === 'memory' ? undefined : tiers[tier]
-      if (state === undefined || state.reachable || state.lastError === null) return redact(err).message
+      if (tier === null || tier === 'memory') return redact(err).message
+      if (tiers[tier].reachable || tiers[tier].lastError === null) return concealEndpoint(redact(err).message, tiers[tier].endpoint, tiers[tier].source)
       // Said to HTTP callers: the variable and the fix, not the address of the database.
-      return `${tier ?? ''} is down: ${state.lastError.split(`${state.endpoint ?? ''} (${state.source ?? ''})`).join(`the Redis in ${state.source ?? ''}`)}`
+      return `${tier} is down: ${addressless(tier) ?? ''}`
     }
   } satisfies Connections)
 

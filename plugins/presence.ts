@@ -70,7 +70,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       try {
         listener(event)
       } catch (err) {
-        warn('presence-listener', `presence ${event.type} listener threw: ${(err as Error).message}`)
+        warn('presence-listener', `presence ${event.type} listener threw: ${connections.redact(err).message}`)
       }
     }
   }
@@ -78,7 +78,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   /** Browsers can watch presence on the `public:presence` SSE channel when the sse plugin runs; the instance that caused an event publishes it once. */
   function toBrowsers (event: PresenceEvent): void {
     if (!fastify.hasDecorator('sse') || !fastify.sse.available) return
-    fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${err.message}`))
+    fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${connections.redact(err).message}`))
   }
 
   function onEvent (message: unknown): void {
@@ -105,7 +105,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     const bus = connections.bus(tier)
     const store = commands !== null
       ? redisPresenceStore(commands, prefix, channel, times)
-      : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${err.message}`)) })
+      : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${connections.redact(err).message}`)) })
     const stop = await bus.subscribe(channel, onEvent)
     return { tier, reason: resolution.reason, store, commands, stop }
   }

@@ -102,7 +102,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     try {
       channel = (channels.get(job.queue) ?? opts.progressChannel ?? defaultProgressChannel)(job.queue, job)
     } catch (err) {
-      warn('queues-channel', `progressChannel threw for queue ${job.queue}: ${(err as Error).message}`)
+      warn('queues-channel', `progressChannel threw for queue ${job.queue}: ${connections.redact(err).message}`)
       return
     }
     if (channel === null) return
@@ -300,7 +300,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
       try {
         counts[name] = await queues.counts(name)
       } catch (err) {
-        counts[name] = { error: (err as Error).message }
+        counts[name] = { error: connections.explain(binding.tier, err) }
       }
     }))
     return { workers: queues.workers, stats: queues.stats(), counts }

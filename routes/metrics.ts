@@ -1,6 +1,7 @@
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type * as PromClient from 'prom-client'
 import type { Tier } from '../lib/resolve-tier'
+import { ForbiddenError } from '../lib/errors'
 
 // GET /metrics in Prometheus text format, through prom-client (loaded only
 // when metrics are on). Every series is read from the live state and the
@@ -9,7 +10,12 @@ import type { Tier } from '../lib/resolve-tier'
 
 type Labels = Record<string, string>
 
-export default async function metricsRoutes (fastify: FastifyInstance): Promise<void> {
+export interface MetricsOptions {
+  /** The host's own access check for GET /metrics (e.g. the scraper's bearer token): false answers 403. */
+  authorize?: (request: FastifyRequest) => boolean | Promise<boolean>
+}
+
+export default async function metricsRoutes (fastify: FastifyInstance, opts: MetricsOptions): Promise<void> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when metrics are mounted; the import above is types only
   const { Registry, Gauge, Counter } = require('prom-client') as typeof PromClient
   const registry = new Registry()
@@ -98,5 +104,8 @@ export default async function metricsRoutes (fastify: FastifyInstance): Promise<
   })
   gauge('redis_tiers_budget_shedding', '1 while REDIS_BUDGET_GUARD sheds optional work (cache L2 writes, SSE history)', [], () => [[{}, usage.shedding ? 1 : 0]])
 
-  fastify.get('/metrics', async (_request, reply) => await reply.type(registry.contentType).send(await registry.metrics()))
+  fastify.get('/metrics', async (request, reply) => {
+    if (opts.authorize !== undefined && !(await opts.authorize(request))) throw new ForbiddenError('not allowed to read the metrics')
+    return await reply.type(registry.contentType).send(await registry.metrics())
+  })
 }

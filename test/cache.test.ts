@@ -52,8 +52,25 @@ function spec (t: Test, tier: Tier, envFor: (extra?: EnvInput) => EnvInput): voi
     await t.rejects(app.cache.get('k'.repeat(513)), { statusCode: 400, code: 'REDIS_TIERS_INVALID_INPUT' })
     await t.rejects(app.cache.set('k', undefined), /undefined cannot be cached/)
     await t.rejects(app.cache.set('k', () => 1), /cannot be cached/)
-    await t.rejects(app.cache.set('k', 1, { ttl: 'soon' }), /ttl must be a number of seconds or a duration/)
     await t.rejects(app.cache.set('k', 1, { tags: [''] }), { statusCode: 400, code: 'REDIS_TIERS_INVALID_INPUT' })
+  })
+
+  t.test(`${tier}: a duration the caller got wrong is a 400, through the API and through a route`, async (t) => {
+    const route = async (fastify: FastifyInstance): Promise<void> => {
+      fastify.put<{ Querystring: { ttl: string } }>('/ttl-probe', async (request) => {
+        await fastify.cache.set('k', 1, { ttl: request.query.ttl })
+        return { ok: true }
+      })
+    }
+    const { app } = await build(t, envFor(), { plugins: [route] })
+    for (const ttl of ['soon', -5, '0.0001ms', Number.NaN, Number.POSITIVE_INFINITY, 1e12]) {
+      await t.rejects(app.cache.set('k', 1, { ttl }), { code: 'REDIS_TIERS_INVALID_INPUT' }, `ttl ${String(ttl)}`)
+      await t.rejects(app.cache.getOrSet('k', () => 1, { staleIfErrorTtl: ttl }), { code: 'REDIS_TIERS_INVALID_INPUT' }, `staleIfErrorTtl ${String(ttl)}`)
+    }
+    const answer = await app.inject({ method: 'PUT', url: '/ttl-probe?ttl=soon' })
+    t.equal(answer.statusCode, 400)
+    t.equal(answer.json<{ code: string }>().code, 'REDIS_TIERS_INVALID_INPUT')
+    t.equal((await app.inject({ method: 'PUT', url: '/ttl-probe?ttl=30s' })).statusCode, 200, 'a good one is stored')
   })
 
   t.test(`${tier}: TTL in seconds or with a unit, and the default TTL when none is given`, async (t) => {

@@ -27,7 +27,7 @@ async function listen (bus: Bus, channel: string): Promise<{ received: unknown[]
 
 t.test('tcp: Redis killed after boot, then restarted', async (t) => {
   const redis = await startRedisServer(t)
-  const { app } = await build(t, { ...FAST, REDIS_URL: redis.url })
+  const { app } = await build(t, { ...FAST, REDIS_URL: redis.url }, { app: { health: { showEndpoints: true } } })
   const healthy = await app.inject('/health')
   t.equal(healthy.statusCode, 200)
   t.match(healthy.json(), { status: 'ok', tiers: { tcp: { reachable: true, latencyMs: Number } } })
@@ -64,7 +64,7 @@ t.test('tcp: a paused Redis (accepts, never answers) cannot hold requests hostag
 t.test('rest: the REST endpoint failing after boot, then recovering', async (t) => {
   const redis = await startRedisServer(t)
   const rest = await startRestServer(t, redis)
-  const { app } = await build(t, { ...FAST, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token })
+  const { app } = await build(t, { ...FAST, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }, { app: { health: { showEndpoints: true } } })
   t.equal((await app.inject('/health')).statusCode, 200)
   await redis.stop()
   const down = await app.inject('/health')

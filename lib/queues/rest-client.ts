@@ -4,6 +4,7 @@ import { Readable } from 'node:stream'
 import type { IRedisClient, IRedisTransaction } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { isNoScript, type Meter } from '../redis-commands'
+import { reduceRedisError, withoutCommand } from '../redact'
 import { bullmqScriptCost } from './costs'
 
 // BullMQ's own client contract (IRedisClient, the one its ioredis, node-redis
@@ -17,6 +18,9 @@ import { bullmqScriptCost } from './costs'
 // decodes them before BullMQ's script runs, unchanged. A script is sent once
 // (EVALSHA, then EVAL on NOSCRIPT; SCRIPT LOAD before a pipeline), so an `add`
 // is one HTTP request.
+//
+// Every error leaves reduced to Redis's words: @upstash/redis would quote the
+// whole command, i.e. BullMQ's script and the caller's packed job data.
 
 const PRELUDE = `-- redis-tiers: the ARGV positions in the last argument came as hex over HTTP
 local __hexed = table.remove(ARGV)
@@ -52,6 +56,15 @@ function encode (script: Script, args: unknown[]): { keys: string[], argv: strin
 /** What a script call that answered `error` is billed: nothing ran on a NOSCRIPT answer but the EVALSHA itself. */
 function billed (script: Script, error: unknown): number {
   return error !== undefined && isNoScript(error) ? 1 : script.cost
+}
+
+/** `call`'s answer; its failure without the command text. */
+async function reduced<T> (call: Promise<T>): Promise<T> {
+  try {
+    return await call
+  } catch (err) {
+    throw reduceRedisError(err)
+  }
 }
 
 /** HGETALL as ioredis gives it: an object (Upstash answers a flat [field, value, ...] list, or null). */
@@ -114,7 +127,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
 
   private async raw<T> (...command: Array<string | number>): Promise<T> {
     this.meter(1)
-    return await this.rest.exec<T>(command.map(String) as [string, ...string[]])
+    return await reduced(this.rest.exec<T>(command.map(String) as [string, ...string[]]))
   }
 
   async connect (): Promise<void> {}
@@ -141,7 +154,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
     const script = this.script(name)
     const { keys, argv } = encode(script, args)
     try {
-      const result = await this.rest.evalsha(script.sha, keys, argv)
+      const result = await reduced(this.rest.evalsha(script.sha, keys, argv))
       this.loaded.add(script.sha)
       this.meter(script.cost)
       return result
@@ -155,7 +168,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
 
   private async eval (script: Script, keys: string[], argv: string[]): Promise<unknown> {
     this.meter(script.cost)
-    return await this.rest.eval(script.lua, keys, argv)
+    return await reduced(this.rest.eval(script.lua, keys, argv))
   }
 
   /** A pipeline or MULTI/EXEC as one HTTP request (after one SCRIPT LOAD per script this process has not sent yet). */
@@ -173,7 +186,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
     }
     let replies: Awaited<ReturnType<Batch['exec']>>
     try {
-      replies = await batch.exec({ keepErrors: true })
+      replies = await reduced(batch.exec({ keepErrors: true }))
     } finally {
       // Billed as answered: what each entry ran (nothing for one answered NOSCRIPT); the whole batch if no answer came.
       this.meter(entries.reduce((n, entry, i) => n + ('script' in entry ? billed(entry.script, replies?.[i]?.error) : 1), 0))
@@ -187,7 +200,7 @@ export class RestBullmqClient extends EventEmitter implements IRedisClient {
         results.push([null, await this.eval(entry.script, entry.keys, entry.argv)])
       } else {
         const hash = 'add' in entry && entry.hash === true
-        results.push(reply.error !== undefined ? [new Error(reply.error), null] : [null, hash ? pairs(reply.result) : reply.result])
+        results.push(reply.error !== undefined ? [new Error(withoutCommand(reply.error)), null] : [null, hash ? pairs(reply.result) : reply.result])
       }
     }
     return results

@@ -2,6 +2,7 @@ import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-m
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { RestTarget } from '../targets'
 import { withTimeout } from '../deadline'
+import { reduceRedisError } from '../redact'
 
 // Upstash REST serves SUBSCRIBE as one streaming POST per channel that emits
 // `data: subscribe,<channel>,<n>` and then `data: message,<channel>,<text>`.
@@ -77,7 +78,7 @@ export function restTransport (client: UpstashRedis, target: RestTarget, command
         streams.delete(channel)
       },
       async publish (channel, text) {
-        await client.publish(channel, text)
+        await client.publish(channel, text).catch((err: unknown) => { throw reduceRedisError(err) })
       },
       async close () {
         for (const controller of streams.values()) controller.abort()

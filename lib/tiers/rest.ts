@@ -2,6 +2,7 @@ import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-m
 import type { ConnectionSettings } from '../config'
 import { withTimeout } from '../deadline'
 import type { Meter, RedisCommands } from '../redis-commands'
+import { reduceRedisError } from '../redact'
 import { restTarget, type RestTarget, type TargetResult } from '../targets'
 import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { restTransport } from './rest-transport'
@@ -64,6 +65,8 @@ function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter): R
     try {
       reply = await withTimeout(fn(), timeoutMs)
       return reply
+    } catch (err) {
+      throw reduceRedisError(err) // @upstash/redis quotes the whole command, arguments and script included
     } finally {
       meter(billed(reply))
     }

@@ -1,6 +1,7 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import { closeTcp, duplicateTcp, isShardChannel, type TcpClient } from './tcp'
 import { withTimeout } from '../deadline'
+import { reduceRedisError } from '../redact'
 
 // One subscriber connection per instance, made on first use. SUBSCRIBE is
 // only sent on a ready connection (ioredis 5 silently loses one sent before
@@ -76,8 +77,8 @@ export function tcpTransport (publisher: TcpClient, commandTimeoutMs: number, on
         else await sub.unsubscribe(channel)
       },
       async publish (channel, text) {
-        if (kindOf(channel) === 'shard') await publisher.spublish(channel, text)
-        else await publisher.publish(channel, text)
+        const sent = kindOf(channel) === 'shard' ? publisher.spublish(channel, text) : publisher.publish(channel, text)
+        await sent.catch((err: unknown) => { throw reduceRedisError(err) }) // ioredis attaches the command, arguments included
       },
       async close () {
         if (closed) return

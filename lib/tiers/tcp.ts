@@ -10,6 +10,7 @@ import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
 import { ConfigError } from '../errors'
 import { withTimeout } from '../deadline'
+import { reduceRedisError } from '../redact'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
 // that holds HTTP requests hostage, 20 retries per command, no command
@@ -232,6 +233,9 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): Redis
     sent++
     const command = new Command(name, args, { replyEncoding: 'utf8' })
     command.setTimeout(timeoutMs)
+    // ioredis attaches the command with its arguments to a reply error: reduced as it is rejected, without a wrapper promise on the hot path.
+    const reject = command.reject
+    command.reject = (err) => { reject(reduceRedisError(err)) }
     return client.sendCommand(command) as Promise<T>
   }
   /** A plain command: one round trip, one command billed. */
@@ -305,7 +309,7 @@ function clusterScan (cluster: Cluster, meter: Meter): RedisCommands['scan'] {
     const node = masters[i]
     if (node === undefined) return ['0', []]
     meter(1)
-    const [next, keys] = await node.scan(inner, 'MATCH', match, 'COUNT', count)
+    const [next, keys] = await node.scan(inner, 'MATCH', match, 'COUNT', count).catch((err: unknown) => { throw reduceRedisError(err) })
     if (next !== '0') return [`${i}:${next}`, keys]
     return [i + 1 < masters.length ? `${i + 1}:0` : '0', keys]
   }
