@@ -38,5 +38,7 @@ export type { Tier, RedisTier, FeatureRequirement, Resolution } from './lib/reso
 export type { OutageBehaviour } from './lib/feature-bindings'
 export type { EnvInput } from './lib/config'
 export type { StatusPageOptions, StatusSnapshot, StatusSample } from './routes/status'
+export type { MetricsOptions } from './routes/metrics'
+export type { HealthOptions } from './routes/health'
 export type { BudgetReport, Usage, UsageEntry } from './lib/usage'
 export type { Meter } from './lib/redis-commands'

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import type { FastifyReply, FastifyRequest, InjectOptions, RouteOptions } from 'fastify'
 import type { CacheClient, CacheSetOptions, Envelope, WriteOutcome } from './client'
 import type { Variants } from './store'
-import { parseDuration } from '../duration'
+import { parseConfigDuration } from '../duration'
 import { ConfigError } from '../errors'
 
 // Route response caching that speaks HTTP. A GET/HEAD route with
@@ -176,12 +176,7 @@ function requestDirective (request: FastifyRequest): 'no-cache' | 'no-store' | u
 }
 
 function durationOf (value: number | string | undefined, what: string): number {
-  if (value === undefined) return 0
-  try {
-    return parseDuration(value, what)
-  } catch (err) {
-    throw new ConfigError((err as Error).message)
-  }
+  return value === undefined ? 0 : parseConfigDuration(value, what)
 }
 
 /** A route's `config.cache`, checked once when the route is added: a mistake fails boot with its name. */
