@@ -210,7 +210,8 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   async function lookup (key: string, shared = false): Promise<{ envelope: Envelope, fresh: boolean } | undefined> {
     const local = readLocal(key, shared)
     if (store === null || local?.fresh === true || opts.shed()) return local
-    const raw = await attempt('read', async () => await store.get(key))
+    // No async wrapper here: this is the path of every L2 hit.
+    const raw: string | null | typeof FAILED = await store.get(key).then((value) => { failing = false; return value }, (err: Error) => failed(err, 'read'))
     if (raw === FAILED || raw === null || raw === undefined) return undefined
     const envelope = JSON.parse(raw) as Envelope
     const freshFor = envelope.e - Date.now()
