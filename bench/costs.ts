@@ -6,7 +6,7 @@ import { startRestServer } from '../test/helpers/rest-server'
 import type { EnvInput } from '../lib/config'
 
 // What each operation and each idle minute costs in Redis commands, per
-// feature and tier: the figures of the README's cost table and what
+// feature and tier: the figures of docs/costs.md's tables and what
 // REDIS_DAILY_COMMAND_BUDGET counts. Three counts per row, none of which
 // noise can move: round trips (HTTP requests on rest), the commands the
 // budget counted, and the commands Redis itself says it ran (INFO
