@@ -1,0 +1,67 @@
+import t, { type Test } from 'tap'
+import type { AddressInfo } from 'node:net'
+import { once } from 'node:events'
+import { Redis } from 'ioredis'
+import { build, eventually, type Built } from './helpers/build'
+import { startRedisServer, type RedisServer, type RedisServerOptions } from './helpers/redis-server'
+import { startRestServer } from './helpers/rest-server'
+import { connectSse } from './helpers/sse-client'
+import type { EnvInput } from '../lib/config'
+import type { RedisRestart } from '../plugins/connections'
+import type { PresenceEvent } from '../lib/presence/store'
+
+// A Redis restarted without persistence (SIGKILL, then started again on the
+// same port with no AOF and no RDB, as the harness runs it) comes back empty:
+// the app notices it once and each feature recovers what it holds.
+
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 1000, REDIS_COMMAND_TIMEOUT_MS: 500, REDIS_HOLD_DOWN_MS: 100, QUEUES_DRAIN_MS: 500 }
+const USER = { 'x-user-id': 'u1' }
+
+interface Setup extends Built { redis: RedisServer, url: string, restarts: RedisRestart[] }
+
+async function setup (t: Test, env: EnvInput = {}, redisOptions: RedisServerOptions = {}): Promise<Setup> {
+  const redis = await startRedisServer(t, redisOptions)
+  const built = await build(t, { ...BASE, REDIS_URL: redis.url, ...env })
+  const restarts: RedisRestart[] = []
+  built.app.connections.on('restarted', (restart) => restarts.push(restart))
+  await built.app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = built.app.server.address() as AddressInfo
+  return { ...built, redis, url: `http://127.0.0.1:${port}`, restarts }
+}
+
+/** SIGKILL and start again empty; resolves once the app has noticed. */
+async function restartEmpty (s: Setup): Promise<void> {
+  const before = s.restarts.length
+  await s.redis.restart()
+  await eventually(() => s.restarts.length > before, 10_000, 'the restart noticed')
+}
+
+t.test('a reconnect to the same Redis is not a restart; a restart that lost the data is one event and one warn line', async (t) => {
+  const s = await setup(t, { QUEUES_ENABLED: false })
+  const admin = new Redis(s.redis.url)
+  t.teardown(() => admin.disconnect())
+  const tcp = s.app.connections.tcp as unknown as Redis
+  const reconnected = once(tcp, 'ready')
+  await admin.call('client', 'kill', 'type', 'normal') // every connection but this one: the app reconnects to the same server
+  await reconnected
+  await tcp.ping() // sent after the reconnect's check, on the same connection: answered after it
+  t.equal(s.restarts.length, 0, 'the same server, its data kept')
+  await restartEmpty(s)
+  t.equal(s.restarts.length, 1, 'only the restart counts')
+  t.match(s.restarts[0], { tier: 'tcp', at: String, reason: /came back empty \(its run_id changed and the data it held is gone\)/ })
+  t.equal(s.logs().filter((l) => l.level === 40 && /tier tcp: Redis on tcp came back empty/.test(l.msg)).length, 1)
+})
+
+t.test('rest: a Redis found empty when the tier is back after being down is a restart', async (t) => {
+  const redis = await startRedisServer(t)
+  const bridge = await startRestServer(t, redis)
+  const { app } = await build(t, { ...BASE, QUEUES_ENABLED: false, UPSTASH_REDIS_REST_URL: bridge.url, UPSTASH_REDIS_REST_TOKEN: bridge.token, REDIS_REPROBE_MAX_MS: 250 })
+  const restarts: RedisRestart[] = []
+  app.connections.on('restarted', (restart) => restarts.push(restart))
+  await redis.stop()
+  await app.connections.health() // rest has no connection events: a ping sees it down
+  t.equal(app.connections.tiers.rest.reachable, false)
+  await redis.restart()
+  await eventually(() => restarts.length > 0, 10_000, 'the restart noticed')
+  t.match(restarts, [{ tier: 'rest', reason: /Redis on rest came back empty \(the data it held is gone\)/ }])
+})
