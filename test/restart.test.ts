@@ -65,3 +65,13 @@ t.test('rest: a Redis found empty when the tier is back after being down is a re
   await eventually(() => restarts.length > 0, 10_000, 'the restart noticed')
   t.match(restarts, [{ tier: 'rest', reason: /Redis on rest came back empty \(the data it held is gone\)/ }])
 })
+
+t.test('cache: L1 copies are dropped when Redis comes back empty', async (t) => {
+  const s = await setup(t, { QUEUES_ENABLED: false, CACHE_PREFIX: 'restart-cache', CACHE_L1_TTL: '60s' })
+  await s.app.cache.set('greeting', 'hello', { ttl: 60_000 })
+  t.equal(await s.app.cache.get('greeting'), 'hello')
+  t.equal(s.app.cache.stats().l1Entries, 1)
+  await restartEmpty(s)
+  t.equal(s.app.cache.stats().l1Entries, 0)
+  t.equal(await s.app.cache.get('greeting'), undefined, 'a miss, as on every other instance')
+})
