@@ -75,3 +75,18 @@ t.test('cache: L1 copies are dropped when Redis comes back empty', async (t) => 
   t.equal(s.app.cache.stats().l1Entries, 0)
   t.equal(await s.app.cache.get('greeting'), undefined, 'a miss, as on every other instance')
 })
+
+t.test('sse: a resume with an id from the lost history gets event: reset; one from the new history does not', async (t) => {
+  const s = await setup(t, { QUEUES_ENABLED: false, SSE_PREFIX: 'restart-sse' })
+  const old = await s.app.sse.publish('public:news', { n: 1 })
+  await restartEmpty(s)
+  const fresh = await s.app.sse.publish('public:news', { n: 2 })
+  const fromOld = await connectSse(t, `${s.url}/events/public:news`, { 'last-event-id': old })
+  await fromOld.waitFor(2)
+  t.same(fromOld.events.map((e) => e.event), ['reset', 'message'], 'reset, then what the new history holds')
+  t.equal(fromOld.events[1].id, fresh)
+  const fromNew = await connectSse(t, `${s.url}/events/public:news`, { 'last-event-id': fresh })
+  const later = await s.app.sse.publish('public:news', { n: 3 })
+  await fromNew.waitFor(1)
+  t.same(fromNew.events.map((e) => [e.event, e.id]), [['message', later]], 'no reset: nothing it missed was lost')
+})
