@@ -90,3 +90,28 @@ t.test('sse: a resume with an id from the lost history gets event: reset; one fr
   await fromNew.waitFor(1)
   t.same(fromNew.events.map((e) => [e.event, e.id]), [['message', later]], 'no reset: nothing it missed was lost')
 })
+
+t.test('presence: users seen within the TTL are written back; those still heartbeating never leave, one who stopped gets leave', async (t) => {
+  const s = await setup(t, { QUEUES_ENABLED: false, PRESENCE_TTL_MS: 3000, PRESENCE_PREFIX: 'restart-presence' })
+  const events: PresenceEvent[] = []
+  s.app.presence.on('leave', (e) => events.push(e))
+  const watcher = await connectSse(t, `${s.url}/events/public:presence`, USER)
+  await s.app.presence.heartbeat('ada')
+  await s.app.presence.heartbeat('bob') // and never again
+  let beating = true
+  t.teardown(() => { beating = false })
+  void (async () => {
+    // ada's client keeps heartbeating, as a browser tab does; failures while Redis is away are expected.
+    while (beating) {
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      if (beating) await s.app.presence.heartbeat('ada').catch(() => {})
+    }
+  })()
+  await restartEmpty(s)
+  await eventually(async () => await s.app.presence.isOnline('bob').catch(() => false), 5000, 'bob written back')
+  await eventually(() => events.some((e) => e.userId === 'bob'), 6000, 'bob leaves once his TTL has passed')
+  await eventually(() => watcher.events.some((e) => e.event === 'leave' && /"bob"/.test(e.data)), 3000, 'the leave reaches public:presence')
+  t.same(events.map((e) => e.userId), ['bob'], 'ada never left')
+  t.equal(await s.app.presence.isOnline('ada'), true)
+  t.notOk(watcher.events.some((e) => e.event === 'leave' && /"ada"/.test(e.data)))
+})
