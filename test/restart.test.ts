@@ -115,3 +115,33 @@ t.test('presence: users seen within the TTL are written back; those still heartb
   t.equal(await s.app.presence.isOnline('ada'), true)
   t.notOk(watcher.events.some((e) => e.event === 'leave' && /"ada"/.test(e.data)))
 })
+
+t.test('queues: a job running when Redis restarted empty is reported failed to its watchers, counted and logged', async (t) => {
+  const s = await setup(t, { SSE_PREFIX: 'restart-jobs' })
+  const started = await fetch(`${s.url}/jobs/report`, { method: 'POST', headers: { ...USER, 'content-type': 'application/json' }, body: JSON.stringify({ steps: 10, stepMs: 150 }) })
+  const { id, events } = await started.json() as { id: string, events: string }
+  const watcher = await connectSse(t, `${s.url}${events}?lastEventId=0-0`, USER)
+  await eventually(() => watcher.events.filter((e) => e.event === 'progress').length >= 2, 5000, 'progress 2')
+  await restartEmpty(s)
+  await eventually(() => watcher.events.some((e) => e.event === 'failed'), 5000, 'the failed event')
+  const failed = watcher.events.filter((e) => e.event === 'failed')
+  t.equal(failed.length, 1)
+  t.match(JSON.parse(failed[0].data), { id, queue: 'report', final: true, reason: /Redis restarted without its data/ })
+  t.notOk(watcher.events.some((e) => e.event === 'completed'), 'nothing claims it completed')
+  t.equal(s.app.queues.stats().failed, 1)
+  t.equal(s.logs().filter((l) => /queues: Redis on tcp came back empty: 1 job\(s\) running here reported failed \(report\/1\)/.test(l.msg)).length, 1)
+})
+
+t.test('queues on a Redis without persistence: a warning at boot and in /health', async (t) => {
+  const s = await setup(t)
+  t.ok(s.logs().some((l) => l.level === 40 && /queues: .*keeps no copy of its data \(appendonly no, no RDB save\)/.test(l.msg)), 'the boot warning')
+  const health = await s.app.inject('/health')
+  t.match(health.json(), { features: { queues: { warning: /appendonly no/ } } })
+})
+
+t.test('queues on a Redis with an append-only file: no persistence warning', async (t) => {
+  const s = await setup(t, {}, { appendonly: true })
+  t.notOk(s.logs().some((l) => /keeps no copy of its data/.test(l.msg)))
+  const health = await s.app.inject('/health')
+  t.equal(health.json<{ features: { queues: Record<string, unknown> } }>().features.queues.warning, undefined)
+})
