@@ -24,7 +24,7 @@ export {
 } from './lib/errors'
 
 export type { AppOptions } from './app'
-export type { ConnectionsOptions, Connections, Features, HealthReport, TierChange, TierState, FeatureChange, FeatureState, Rebind, SharedTcpClient, SharedRestClient } from './plugins/connections'
+export type { ConnectionsOptions, Connections, Features, HealthReport, TierChange, TierState, FeatureChange, FeatureState, Rebind, RedisRestart, SharedTcpClient, SharedRestClient } from './plugins/connections'
 export type { CachePluginOptions, RouteCacheConfig } from './plugins/cache'
 export type { Cache, CacheSetOptions, GetOrSetOptions, CacheStats } from './lib/cache/client'
 export type { SsePluginOptions, Sse, SseStats, StreamOptions, Authorize } from './plugins/sse'

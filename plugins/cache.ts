@@ -51,7 +51,7 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
   const channel = `${prefix}:cache:invalidate`
 
   /** The client of one resolution and the invalidation subscription it needs. */
-  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'lookupShared' | 'storeShared' | 'storeFailing'>, stop?: Unsubscribe }
+  interface Binding { client: Cache, reader?: Pick<CacheClient, 'peekShared' | 'lookupShared' | 'storeShared' | 'storeFailing' | 'dropL1'>, stop?: Unsubscribe }
 
   async function bindTo (resolution: Resolution): Promise<Binding> {
     if (resolution.status === 'skipped') return { client: unavailableCache(resolution.reason) }
@@ -100,9 +100,15 @@ async function cachePlugin (fastify: FastifyInstance, opts: CachePluginOptions):
     stats: () => binding.client.stats()
   }
 
+  // L1 copies of values Redis no longer holds would be served for up to CACHE_L1_TTL while every other instance misses.
+  const offRestarted = connections.on('restarted', ({ tier }) => { if (binding.client.tier === tier) binding.reader?.dropL1() })
+
   connections.describe('cache', () => ({ stats: cache.stats() }))
   fastify.decorate('cache', cache)
-  fastify.addHook('onClose', async () => { await binding.stop?.() })
+  fastify.addHook('onClose', async () => {
+    offRestarted()
+    await binding.stop?.()
+  })
 
   // Route response caching: GET/HEAD routes opt in with `config.cache`.
   fastify.addHook('onRoute', routeCacheHooks({

@@ -20,6 +20,7 @@ import { tcpTier } from '../lib/tiers/tcp'
 import { restTier } from '../lib/tiers/rest'
 import { memoryTransport } from '../lib/tiers/memory'
 import { budgetWarning, createUsage, type BudgetReport, type Usage } from '../lib/usage'
+import { restartWatch, type RedisRestart } from '../lib/restart-watch'
 
 type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
 
@@ -46,7 +47,7 @@ export interface HealthReport {
   budget: BudgetReport
 }
 
-export type { FeatureChange, FeatureState, Rebind }
+export type { FeatureChange, FeatureState, Rebind, RedisRestart }
 
 export interface TierChange {
   tier: RedisTier
@@ -102,9 +103,11 @@ export interface Connections {
   readonly rest: SharedRestClient | null
   /**
    * `tier`: a tier went down or came back (each change once, after boot). `change`: a feature
-   * moved to another tier (after its rebind succeeded). Returns a function that removes the listener.
+   * moved to another tier (after its rebind succeeded). `restarted`: a tier's Redis came back
+   * without the data it held (a restart without persistence, a flush): each feature recovers what it
+   * can. Returns a function that removes the listener.
    */
-  on: ((event: 'tier', listener: (change: TierChange) => void) => () => void) & ((event: 'change', listener: (change: FeatureChange) => void) => () => void)
+  on: ((event: 'tier', listener: (change: TierChange) => void) => () => void) & ((event: 'change', listener: (change: FeatureChange) => void) => () => void) & ((event: 'restarted', listener: (restart: RedisRestart) => void) => () => void)
   readonly commandTimeoutMs: number
   /** A setting by variable name (options override env), for feature plugins' own flags. */
   variable: (name: string) => string | undefined
@@ -208,6 +211,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
         else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
         changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
         settle(name, up)
+        if (up) void restarts.up(name, clientOf(name))
       },
       onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name })
     })
@@ -215,6 +219,23 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     tiers[driver.tier] = tier.state
   })
   const clientOf = (tier: Tier): unknown => tier === 'memory' ? null : live.get(tier)?.client() ?? null
+
+  // Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline.
+  const restarts = restartWatch({
+    commandTimeoutMs: timeouts.commandTimeoutMs,
+    commands (tier) {
+      const t = live.get(tier)
+      const client = clientOf(tier)
+      return t === undefined || client === null ? null : t.driver.commands(client, timeouts.commandTimeoutMs, usage.meter('connections', tier))
+    },
+    meter: (tier) => usage.meter('connections', tier),
+    onRestart (restart) {
+      log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
+      changes.emit('restarted', restart)
+    },
+    onError: (tier, err) => warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
+  })
+  await Promise.all([...live.keys()].map(async (tier) => { const client = clientOf(tier); if (client !== null) await restarts.up(tier, client) }))
 
   const buses = new Map<Tier, Bus>()
   const onBusError = (tier: Tier) => (err: Error) => warn(`bus-${tier}`, `${tier} pub/sub: ${redact(err).message}`, { tier })
@@ -301,7 +322,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     tiers,
     get tcp (): SharedTcpClient | null { return clientOf('tcp') as TcpClient | null },
     get rest (): SharedRestClient | null { return clientOf('rest') as UpstashRedis | null },
-    on (event: 'tier' | 'change', listener: (change: never) => void) {
+    on (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) {
       const handler = listener as (change: unknown) => void
       changes.on(event, handler)
       return () => { changes.off(event, handler) }
@@ -350,6 +371,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
 
   fastify.addHook('onClose', async () => {
     bindings.close()
+    restarts.close()
     for (const timer of holdDown.values()) clearTimeout(timer)
     holdDown.clear()
     changes.removeAllListeners()

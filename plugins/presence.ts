@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence/store'
+import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type OnlineUser, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence/store'
+import { seenUsers } from '../lib/presence/seen'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError, InvalidInputError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
@@ -62,9 +63,11 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
   const prefix = resolvePrefix(opts.prefix, 'PRESENCE_PREFIX', variable)
   const channel = `${prefix}:presence:events`
-  const warn = rateLimitedWarn(fastify.log.child({ plugin: 'presence' }))
+  const log = fastify.log.child({ plugin: 'presence' })
+  const warn = rateLimitedWarn(log)
 
   const listeners = new Map<PresenceEventType, Set<PresenceListener>>()
+  const seen = seenUsers(times.ttlMs)
   function emit (event: PresenceEvent): void {
     for (const listener of listeners.get(event.type) ?? []) {
       try {
@@ -84,10 +87,15 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   function onEvent (message: unknown): void {
     const m = message as Partial<PresenceEvent> & { meta?: unknown, userIds?: unknown } | null
     if (m !== null && typeof m === 'object' && m.type === 'leave' && Array.isArray(m.userIds)) {
-      for (const userId of m.userIds) if (typeof userId === 'string') emit({ type: 'leave', userId }) // a sweep's batch
+      for (const userId of m.userIds) {
+        if (typeof userId !== 'string') continue
+        seen.left(userId)
+        emit({ type: 'leave', userId }) // a sweep's batch
+      }
       return
     }
     if (m === null || typeof m !== 'object' || typeof m.userId !== 'string' || (m.type !== 'join' && m.type !== 'leave' && m.type !== 'status')) return
+    if (m.type === 'leave') seen.left(m.userId)
     let meta: unknown = m.meta
     if (typeof meta === 'string') {
       try { meta = JSON.parse(meta) } catch { /* left as text */ }
@@ -110,14 +118,18 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     return { tier, reason: resolution.reason, store, commands, stop }
   }
 
+  /** Each user's devices as last seen, 100 users at a time. */
+  async function writeBack (users: OnlineUser[], write: (user: OnlineUser, device: string, at: number) => Promise<unknown>): Promise<void> {
+    for (let i = 0; i < users.length; i += 100) {
+      await Promise.all(users.slice(i, i + 100).flatMap((u) => u.devices.map(async ([device, at]) => await write(u, device, at))))
+    }
+  }
+
   let binding = await bindTo(connections.resolve(presenceRequirement, async (next) => {
     const fresh = await bindTo(next)
     try {
       // Users known only to this instance are written to the shared store, so that nobody appears to leave.
-      const handover = binding.store?.online?.(Date.now()) ?? []
-      for (let i = 0; i < handover.length; i += 100) {
-        await Promise.all(handover.slice(i, i + 100).flatMap((u) => u.devices.map(async ([device, at]) => await fresh.store?.heartbeat(u.userId, device, u.status, u.metaJson, at))))
-      }
+      await writeBack(binding.store?.online?.(Date.now()) ?? [], async (u, device, at) => await fresh.store?.heartbeat(u.userId, device, u.status, u.metaJson, at))
     } catch (err) {
       await fresh.stop?.()
       throw err
@@ -162,14 +174,18 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       const device = checkDevice(options.device ?? 'default')
       const metaJson = JSON.stringify(options.meta ?? null)
       if (Buffer.byteLength(metaJson) > MAX_META_BYTES) throw new InvalidInputError(`meta must be JSON of at most ${MAX_META_BYTES} bytes`)
-      const event = await call('heartbeat', async (s) => await s.heartbeat(userId, device, status, metaJson, Date.now()))
+      const now = Date.now()
+      const event = await call('heartbeat', async (s) => await s.heartbeat(userId, device, status, metaJson, now))
+      seen.heartbeat(userId, device, status, metaJson, now)
       if (event !== null) toBrowsers({ type: event, userId, status, meta: options.meta ?? null })
       return { joined: event === 'join' }
     },
     async leave (userId, options = {}) {
       checkUser(userId)
       const device = checkDevice(options.device ?? 'default')
-      if (await call('leave', async (s) => await s.leave(userId, device, Date.now()))) toBrowsers({ type: 'leave', userId })
+      const left = await call('leave', async (s) => await s.leave(userId, device, Date.now()))
+      seen.leave(userId, device)
+      if (left) toBrowsers({ type: 'leave', userId })
     },
     async isOnline (userId) {
       return (await presence.get(userId)) !== null
@@ -225,12 +241,28 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
       sweeping = false
     }
   }
-  const sweeper = setInterval(() => { if (binding.store !== null) void sweepExpired(binding.store) }, Math.max(10, Math.floor(times.ttlMs / 2)))
+  const sweeper = setInterval(() => {
+    seen.prune(Date.now())
+    if (binding.store !== null) void sweepExpired(binding.store)
+  }, Math.max(10, Math.floor(times.ttlMs / 2)))
   sweeper.unref()
+
+  // Redis came back empty: the users seen here are written back as last seen (no join: they never
+  // left); those who stopped heartbeating expire on the sweep that follows and get their leave.
+  const offRestarted = connections.on('restarted', ({ tier }) => {
+    const { store } = binding
+    if (binding.tier !== tier || store === null) return
+    const users = seen.all()
+    writeBack(users, async (u, device, at) => await store.restore(u.userId, device, u.status, u.metaJson, at)).then(() => {
+      log.info({ tier, users: users.length }, `presence: Redis on ${tier} came back empty; wrote back the ${users.length} users this instance saw within the TTL`)
+      return sweepExpired(store)
+    }, (err: Error) => warn('presence-restore', `presence: users seen here could not be written back after Redis came back empty: ${connections.redact(err).message}`))
+  })
 
   connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
   fastify.decorate('presence', presence)
   fastify.addHook('onClose', async () => {
+    offRestarted()
     closed = true
     clearInterval(sweeper)
     await binding.stop?.()

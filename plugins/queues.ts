@@ -12,6 +12,7 @@ import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
 import { isCluster, type TcpClient } from '../lib/tiers/tcp'
+import { persistenceWarning } from '../lib/queues/persistence'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 
 export const REST_PRODUCER_NOTE = 'producing only: workers need a TCP Redis; run `npm run worker` with REDIS_URL pointing at the same database'
@@ -73,6 +74,9 @@ const JOB_ID = /^[A-Za-z0-9:_.-]{1,128}$/
 const MAX_BULK = 10_000
 
 const defaultProgressChannel: ProgressChannel = (queue, job) => `jobs:${queue}:${job.id}`
+
+/** The reason a running job is reported failed with when its Redis came back empty. */
+export const LOST_ON_RESTART = 'lost: Redis restarted without its data (no persistence) while this job ran; add it again'
 
 async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions): Promise<void> {
   claimFeatureDecorator(fastify, 'queues')
@@ -167,6 +171,7 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     if (appReady && runWorkers) backend?.start()
     const old = binding
     binding = { tier: next.tier, reason: next.reason, backend }
+    void checkPersistence()
     // A memory queue's jobs were never shared (QUEUES_FALLBACK=memory is for development): it stops here.
     if (old.tier === 'memory') log.warn('queues moved from memory to tcp: jobs still waiting in the in-memory queue (QUEUES_FALLBACK=memory) are dropped')
     await old.backend?.close(0)
@@ -294,6 +299,25 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
     stats: () => ({ ...counters })
   }
 
+  /** Set when the tcp Redis of the queues keeps no copy of its data: at boot, in /health. */
+  let persistence: string | null = null
+  async function checkPersistence (): Promise<void> {
+    const tcp = connections.tcp
+    if (binding.tier !== 'tcp' || tcp === null) return
+    connections.usage.meter('queues', 'tcp')(2)
+    persistence = await persistenceWarning(async (...args) => await tcp.call(...args), timeoutMs)
+    if (persistence !== null) log.warn({ tier: 'tcp' }, `queues: ${persistence}`)
+  }
+
+  // Redis came back empty: the jobs running here are gone from it. Their watchers are told, once.
+  const offRestarted = connections.on('restarted', ({ tier }) => {
+    if (binding.tier !== tier) return
+    const lost = binding.backend?.abandonRunning?.() ?? []
+    for (const job of lost) events.failed(job, LOST_ON_RESTART, true)
+    const which = lost.map((job) => `${job.queue}/${job.id}`)
+    log.warn({ tier, jobs: which }, `queues: Redis on ${tier} came back empty: ${lost.length} job(s) running here reported failed${which.length > 0 ? ` (${which.join(', ')})` : ''}; jobs waiting, delayed or scheduled there are lost too`)
+  })
+
   connections.describe('queues', async () => {
     const counts: Record<string, JobCounts | { error: string }> = {}
     await Promise.all(queues.names().map(async (name) => {
@@ -303,15 +327,19 @@ async function queuesPlugin (fastify: FastifyInstance, opts: QueuesPluginOptions
         counts[name] = { error: connections.explain(binding.tier, err) }
       }
     }))
-    return { workers: queues.workers, stats: queues.stats(), counts }
+    return { workers: queues.workers, stats: queues.stats(), counts, ...(persistence !== null ? { warning: persistence } : {}) }
   })
   fastify.decorate('queues', queues)
   // Workers start once the app is ready: every processor is defined and every plugin it may use is loaded.
   fastify.addHook('onReady', async () => {
     appReady = true
     if (runWorkers) binding.backend?.start()
+    await checkPersistence()
   })
-  fastify.addHook('onClose', async () => { await binding.backend?.close(drainMs) })
+  fastify.addHook('onClose', async () => {
+    offRestarted()
+    await binding.backend?.close(drainMs)
+  })
 }
 
 function checkJobOptions (o: JobOptions, bad: (text: string) => never): void {

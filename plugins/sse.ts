@@ -100,6 +100,11 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
   let fanout: Promise<Unsubscribe> | null = null
   /** Slots taken by streams that are not registered yet (authorize, subscribe); the fan-out must outlive them. */
   let reserved = 0
+  /**
+   * When this instance saw the histories' Redis come back empty: an id older than that was in the
+   * lost history, so what came after it there cannot be replayed (0: never).
+   */
+  let historyLostAt = 0
   let closing = false
 
   function onFanout (message: unknown): void {
@@ -203,8 +208,9 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
    * meanwhile (held in `pending`) minus what the replay already contained.
    * Without an id there is nothing to replay. A malformed id, one older than
    * the retained history, or one beyond the newest event (a client cannot have
-   * seen it: forged, or from another database) gets `event: reset`; live
-   * events then flow as to a new client.
+   * seen it: forged, or from another database), or one from a history that
+   * Redis lost (it came back empty) gets `event: reset`; live events then
+   * flow as to a new client.
    */
   async function resume (client: Client, lastId: string | null): Promise<void> {
     const { store } = binding
@@ -219,9 +225,10 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
         replay = { events: [], reset: true, newest: null } // history unreachable: the client must resync
       }
       const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
+      const lost = valid && parseId(lastId)[0] < historyLostAt
       // What the client has seen is not sent again (a lagging fan-out may still bring it), unless it cannot have seen it.
       if (valid && !beyond) [client.lastMs, client.lastSeq] = parseId(lastId)
-      if (replay.reset || beyond) clients.write(client, RESET)
+      if (replay.reset || beyond || lost) clients.write(client, RESET)
       for (const event of replay.events) clients.send(client, event, true)
     }
     clients.flushPending(client)
@@ -298,6 +305,8 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     }
   }
 
+  const offRestarted = connections.on('restarted', ({ tier }) => { if (binding.tier === tier) historyLostAt = Date.now() })
+
   connections.describe('sse', () => ({ stats: sse.stats() }))
   fastify.decorate('sse', sse)
 
@@ -307,6 +316,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SsePluginOptions): Pro
     clients.endAll()
   })
   fastify.addHook('onClose', async () => {
+    offRestarted()
     clients.stop()
     const current = fanout
     fanout = null

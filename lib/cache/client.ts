@@ -112,6 +112,8 @@ interface Encoded { valueJson: string, json: string, tags: readonly string[], tt
 
 export interface CacheClient extends Cache {
   applyInvalidation: (message: unknown) => void
+  /** Forget every L1 copy (Redis came back empty: their shared copies are gone). */
+  dropL1: () => void
   /**
    * The entry from L1, then Redis, fresh or stale (kept past its TTL by
    * `staleIfErrorTtl`), without a private copy: shared between callers, never
@@ -145,6 +147,11 @@ export function createCache (opts: CacheClientOptions): CacheClient {
       dispose: (entry, key) => untag(key, entry.tags)
     })
     : null
+
+  function dropL1 (): void {
+    l1?.clear()
+    tagIndex.clear()
+  }
 
   function untag (key: string, tags: readonly string[]): void {
     for (const tag of tags) {
@@ -369,8 +376,7 @@ export function createCache (opts: CacheClientOptions): CacheClient {
     },
 
     async clear () {
-      l1?.clear()
-      tagIndex.clear()
+      dropL1()
       if (store !== null) await confirm('clear', async () => await store.clear())
     },
 
@@ -384,13 +390,12 @@ export function createCache (opts: CacheClientOptions): CacheClient {
       }
     },
 
+    dropL1,
+
     applyInvalidation (message) {
       const m = message as Partial<InvalidationMessage> | null
       if (m === null || typeof m !== 'object' || m.from === opts.instanceId) return
-      if (m.clear === true) {
-        l1?.clear()
-        tagIndex.clear()
-      }
+      if (m.clear === true) dropL1()
       if (Array.isArray(m.keys)) for (const key of m.keys) l1?.delete(String(key))
     }
   }

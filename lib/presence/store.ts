@@ -27,6 +27,11 @@ export interface PresenceEntry {
 export interface PresenceStore {
   /** Records a heartbeat; resolves with the event it caused ('join', 'status' or null). */
   heartbeat: (userId: string, device: string, status: string, metaJson: string, now: number) => Promise<PresenceEventType | null>
+  /**
+   * Writes back a heartbeat seen at `at`, without an event and never over a newer one: Redis came
+   * back empty and the user never left.
+   */
+  restore: (userId: string, device: string, status: string, metaJson: string, at: number) => Promise<void>
   /** Removes a device; resolves true when that was the user's last one (a leave). */
   leave: (userId: string, device: string, now: number) => Promise<boolean>
   /** Removes users whose last heartbeat is older than the TTL, at most SWEEP_BATCH per call on Redis; idempotent across instances. */
@@ -68,6 +73,19 @@ if event ~= '' then
   redis.call('PUBLISH', ARGV[8], cjson.encode({ type = event, userId = ARGV[1], status = ARGV[5], meta = ARGV[6] }))
 end
 return event`, (_keys, event) => event === 'join' || event === 'status' ? 9 : 8)
+
+// KEYS: online, devices, info. ARGV: user, device, at, ttl, status, meta, lastSeenTtl. 1: written; 0: a newer heartbeat is there.
+const RESTORE = lua(`
+local at = tonumber(ARGV[3])
+local device = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if not device or tonumber(device) < at then redis.call('ZADD', KEYS[2], at, ARGV[2]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) >= at then return 0 end
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+redis.call('HSET', KEYS[3], 'status', ARGV[5], 'meta', ARGV[6], 'lastSeen', at)
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+return 1`, (_keys, written) => Number(written) === 1 ? 7 : 4)
 
 // KEYS: online, devices, info. ARGV: user, device, now, ttl, channel. 1: a leave; 0: other
 // devices are online; 2: the user was not online.
@@ -132,6 +150,9 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
       const event = await commands.eval(HEARTBEAT, keys(userId), [userId, device, now, times.ttlMs, status, metaJson, times.lastSeenTtlMs, channel])
       return event === 'join' || event === 'status' ? event : null
     },
+    async restore (userId, device, status, metaJson, at) {
+      await commands.eval(RESTORE, keys(userId), [userId, device, at, times.ttlMs, status, metaJson, times.lastSeenTtlMs])
+    },
     async leave (userId, device, now) {
       return Number(await commands.eval(LEAVE, keys(userId), [userId, device, now, times.ttlMs, channel])) === 1
     },
@@ -181,6 +202,13 @@ export function memoryPresenceStore (times: PresenceTimes, publish: (event: Pres
       const type = !wasOnline ? 'join' : oldStatus !== status ? 'status' : null
       if (type !== null) event({ type, userId, status, meta: JSON.parse(metaJson) as unknown })
       return type
+    },
+    async restore (userId, device, status, metaJson, at) {
+      const user = users.get(userId) ?? { devices: new Map<string, number>(), status, meta: metaJson, lastSeen: at }
+      user.devices.set(device, Math.max(user.devices.get(device) ?? 0, at))
+      if (at >= user.lastSeen) Object.assign(user, { status, meta: metaJson, lastSeen: at })
+      users.set(userId, user)
+      lastSeen.set(userId, Math.max(lastSeen.get(userId) ?? 0, at))
     },
     async leave (userId, device, now) {
       const user = users.get(userId)

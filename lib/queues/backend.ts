@@ -106,6 +106,11 @@ export interface QueueBackend {
   counts: (queue: string) => Promise<JobCounts>
   pause: (queue: string) => Promise<void>
   resume: (queue: string) => Promise<void>
+  /**
+   * The jobs this instance's workers are running, given up: the Redis that held them came back
+   * empty. Nothing more is reported of them (their processors may still run, against keys that are gone).
+   */
+  abandonRunning?: () => JobContext[]
   /** Start the workers (the app is ready). */
   start: () => void
   /** Let active jobs finish for up to `drainMs`, then stop everything. */

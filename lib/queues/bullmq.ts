@@ -58,6 +58,10 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
   const queues = new Map<string, Queue>()
   const workers = new Map<string, Worker>()
   let started = false
+  // The jobs the workers here are running, by the Job object BullMQ hands to the processor and to
+  // every event of that run: ids start again at 1 on an empty Redis, objects do not repeat.
+  const running = new Map<Job, JobContext>()
+  const abandoned = new WeakSet<Job>()
 
   /** The queue, if its commands can be sent now: one sent while disconnected would fail anyway, so fail here with the reason and send nothing. */
   function ready (name: string): Queue {
@@ -65,6 +69,12 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     if (queue === undefined) throw new Error(`queue ${name} is not defined`)
     if (producer.status !== 'ready') throw new Error(`the ${settings.connection.tier} Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
     return queue
+  }
+
+  /** Whether the job's end is to be reported: not when it was abandoned. */
+  function finished (job: Job): boolean {
+    running.delete(job)
+    return !abandoned.has(job)
   }
 
   function startWorker (worker: Worker): void {
@@ -110,10 +120,15 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
         runRetryDelay: 1000
       })
       w.on('error', settings.onError)
-      w.on('progress', (job, progress) => settings.events.progress(context(name, job), progress as JobInfo['progress']))
-      w.on('completed', (job, result) => settings.events.completed(context(name, job), result))
+      w.on('active', (job) => { running.set(job, context(name, job)) })
+      w.on('progress', (job, progress) => {
+        if (!abandoned.has(job)) settings.events.progress(context(name, job), progress as JobInfo['progress'])
+      })
+      w.on('completed', (job, result) => {
+        if (finished(job)) settings.events.completed(context(name, job), result)
+      })
       w.on('failed', (job, err) => {
-        if (job === undefined) return
+        if (job === undefined || !finished(job)) return
         const attempts = job.opts.attempts ?? 1
         settings.events.failed(context(name, job), err.message, job.attemptsMade >= attempts)
       })
@@ -173,6 +188,13 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     async resume (name) {
       const queue = ready(name)
       await queue.resume()
+    },
+
+    abandonRunning () {
+      const jobs = [...running.values()]
+      for (const job of running.keys()) abandoned.add(job)
+      running.clear()
+      return jobs
     },
 
     start () {
