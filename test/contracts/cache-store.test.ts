@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
-import { counter, namespace, startHarness, type OpenTier } from './harness'
+import { counter, namespace, startHarness, type OpenTier } from '../helpers/contract-harness'
 import { redisCacheStore, type Variants } from '../../lib/cache/store'
 import { createCache } from '../../lib/cache/client'
 import type { Tier } from '../../lib/resolve-tier'

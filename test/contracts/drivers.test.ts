@@ -2,7 +2,7 @@ import net from 'node:net'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
 import { freePort, startRedisServer } from '../helpers/redis-server'
-import { DRIVERS, driverFor, startHarness, type Harness } from './harness'
+import { DRIVERS, driverFor, startHarness, type Harness } from '../helpers/contract-harness'
 import { diagnose } from '../../lib/diagnose'
 import type { EnvInput } from '../../lib/config'
 import type { TierDriver } from '../../lib/tiers/driver'
@@ -17,11 +17,11 @@ import type { RedisTier } from '../../lib/resolve-tier'
 // and fails at its own deadline when the server hangs; close leaves no socket
 // or timer behind.
 //
-// Implementations, each run through the same spec below (DRIVERS in ./harness.ts):
+// Implementations, each run through the same spec below (DRIVERS in test/helpers/contract-harness.ts):
 //   tcp   tcpTier (ioredis)
 //   rest  restTier (@upstash/redis, here against the project's REST bridge)
 // The memory tier has no driver: nothing to connect to, probe or close.
-// A new tier is done when this suite passes for its driver: add it to DRIVERS in ./harness.ts.
+// A new tier is done when this suite passes for its driver: add it to DRIVERS in test/helpers/contract-harness.ts.
 
 const DEADLINE_MS = 600
 

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
-import { counter, namespace, startHarness, type Harness, type OpenTier } from './harness'
+import { counter, namespace, startHarness, type Harness, type OpenTier } from '../helpers/contract-harness'
 import { memoryPresenceStore, redisPresenceStore, type PresenceEvent, type PresenceStore, type PresenceTimes } from '../../lib/presence/store'
 import type { Tier } from '../../lib/resolve-tier'
 

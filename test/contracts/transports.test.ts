@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
-import { namespace, startHarness, type Harness, type OpenTier } from './harness'
+import { namespace, startHarness, type Harness, type OpenTier } from '../helpers/contract-harness'
 import { memoryTransport } from '../../lib/tiers/memory'
 import type { BusTransport } from '../../lib/bus'
 import type { Tier } from '../../lib/resolve-tier'
