@@ -377,6 +377,7 @@ export function createCache (opts: CacheClientOptions): CacheClient {
 
     async clear () {
       dropL1()
+      localVariants.clear()
       if (store !== null) await confirm('clear', async () => await store.clear())
     },
 
