@@ -174,7 +174,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
         changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
         settle(name, up)
       },
-      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name })
+      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
+      onNotice: (name, message) => log.info({ tier: name }, message)
     })
     live.set(driver.tier, tier)
     tiers[driver.tier] = tier.state
