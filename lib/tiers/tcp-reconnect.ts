@@ -157,14 +157,15 @@ export function holdWhileReconnecting (client: TcpClient): void {
     }
     written.clear()
   })
-  client.on('error', (err: Error) => {
+  client.on('error', () => {
     if (client.status === 'ready') return // the socket failed while connected: its `close` follows
+    // The reconnect failed: held commands fail as any command does while Redis is away.
     reconnecting = false
-    failWaiting(err)
+    failWaiting(new Error(CONNECTION_CLOSED))
   })
   client.on('end', () => {
     reconnecting = false
-    failWaiting(new Error('Connection is closed.'))
+    failWaiting(new Error(CONNECTION_CLOSED))
     release()
   })
 

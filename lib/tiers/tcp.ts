@@ -350,7 +350,8 @@ function watchTcp (client: TcpClient, signals: LiveSignals, graceMs: number): vo
   }
   client.on('error', (err: Error) => {
     if (client.status === 'ready') return // the socket failed while connected: its `close` follows
-    down(err)
+    // The reconnect after a close failed: the diagnosis is the lost connection, being re-established.
+    down(grace !== undefined ? undefined : err)
   })
   client.on('close', () => {
     if (!ready) return down()
