@@ -5,6 +5,8 @@ import type { EnvInput } from '../lib/config'
 import { teardownList, bootApp, median, opsPerSecond, row, time } from './helpers'
 import { startRedisServer, freePort } from '../test/helpers/redis-server'
 import { startRestServer } from '../test/helpers/rest-server'
+import { startRedisCluster } from '../test/helpers/redis-cluster'
+import { startAppProcess } from '../test/helpers/app-process'
 
 // Foundation benchmarks: what the tier machinery costs at boot and per
 // request, each against a baseline measured in the same run.
@@ -59,6 +61,7 @@ export async function run (): Promise<void> {
   await withApp.close()
   await promotion()
   await cleanups.run()
+  await freezeThaw()
 }
 
 /**
@@ -92,4 +95,72 @@ async function promotion (): Promise<void> {
     row(`${label}: total`, `${mid((s) => s.total).toFixed(0)} ms`)
     row(`  from the re-probe that found it (target <= ${holdDown + 1000} ms)`, `${mid((s) => s.afterFound).toFixed(0)} ms ${mid((s) => s.afterFound) <= holdDown + 1000 ? 'met' : 'NOT met'}`)
   }
+}
+
+const FREEZE_CYCLES = Number(process.env.FREEZE_CYCLES ?? 20)
+const FREEZE_MIN_MS = Number(process.env.FREEZE_MIN_MS ?? 3000)
+const FREEZE_MAX_MS = Number(process.env.FREEZE_MAX_MS ?? 6000)
+
+/**
+ * The demo server in a child process, frozen (SIGSTOP) for FREEZE_MIN_MS..FREEZE_MAX_MS past Redis's
+ * idle timeout (--timeout 2), then thawed; at once a cache miss, a publish, a heartbeat and a job
+ * add. Per tier: failed requests (target 0) and their latency from resume (p50/p99 over all four).
+ */
+async function freezeThaw (): Promise<void> {
+  process.stdout.write(`\nfreeze/thaw: ${FREEZE_CYCLES} cycles per tier, frozen ${FREEZE_MIN_MS}-${FREEZE_MAX_MS} ms, Redis --timeout 2\n`)
+  const tiers: Array<[string, (cleanups: ReturnType<typeof teardownList>) => Promise<Record<string, string>>]> = [
+    ['tcp', async (c) => ({ REDIS_URL: (await startRedisServer(c, { extraArgs: ['--timeout', '2'] })).url })],
+    ['rest', async (c) => {
+      const rest = await startRestServer(c, await startRedisServer(c, { extraArgs: ['--timeout', '2'] }))
+      return { UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }
+    }],
+    ['cluster', async (c) => {
+      const cluster = await startRedisCluster(c)
+      for (const node of cluster.nodes) {
+        const admin = new Redis({ port: node.port, host: '127.0.0.1' })
+        await admin.config('SET', 'timeout', '2')
+        admin.disconnect()
+      }
+      return { REDIS_URL: cluster.url }
+    }]
+  ]
+  for (const [tier, start] of tiers) {
+    const cleanups = teardownList()
+    const app = await startAppProcess(cleanups, await start(cleanups))
+    const { failures, latencies } = await thawCycles(app.url, app.freeze)
+    const sorted = latencies.sort((a, b) => a - b)
+    const pick = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+    const outages = app.lines().filter((l) => typeof l.msg === 'string' && /^tier \w+:( still)? down/.test(l.msg)).length
+    row(`${tier}: failed requests (target 0)`, `${failures.length} of ${latencies.length}${failures.length > 0 ? ` (${failures.slice(0, 3).join('; ')})` : ''}`)
+    row(`${tier}: latency from resume, p50 / p99`, `${pick(0.5)} / ${pick(0.99)} ms`)
+    row(`${tier}: outage lines in the log (target 0)`, String(outages))
+    await cleanups.run()
+  }
+}
+
+async function thawCycles (url: string, freeze: (ms: number) => Promise<void>): Promise<{ failures: string[], latencies: number[] }> {
+  const failures: string[] = []
+  const latencies: number[] = []
+  const post = (path: string, user?: string): Promise<Response> => fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(user !== undefined ? { 'x-user-id': user } : {}) },
+    body: path === '/jobs/report' ? '{"steps":1,"stepMs":0}' : '{}'
+  })
+  for (let cycle = 0; cycle < FREEZE_CYCLES; cycle++) {
+    await freeze(FREEZE_MIN_MS + Math.round(Math.random() * (FREEZE_MAX_MS - FREEZE_MIN_MS)))
+    const started = performance.now()
+    const requests: Array<[string, number, Promise<Response>]> = [
+      ['cache miss', 200, fetch(`${url}/cache/demo/freeze-${cycle}-${Date.now()}`)],
+      ['publish', 201, post('/events/public:freeze')],
+      ['heartbeat', 200, post('/presence/heartbeat', `user-${cycle}`)],
+      ['job add', 202, post('/jobs/report', `user-${cycle}`)]
+    ]
+    await Promise.all(requests.map(async ([what, expected, request]) => {
+      const res = await request.catch(() => null)
+      const body = res === null ? 'no answer' : await res.text()
+      latencies.push(Math.round(performance.now() - started))
+      if (res?.status !== expected) failures.push(`cycle ${cycle} ${what}: ${res?.status ?? ''} ${body.slice(0, 160)}`)
+    }))
+  }
+  return { failures, latencies }
 }

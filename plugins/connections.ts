@@ -213,7 +213,8 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
         settle(name, up)
         if (up) void restarts.up(name, clientOf(name))
       },
-      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name })
+      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
+      onNotice: (name, message) => log.info({ tier: name }, message)
     })
     live.set(driver.tier, tier)
     tiers[driver.tier] = tier.state

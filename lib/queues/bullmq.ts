@@ -1,6 +1,7 @@
 import { Queue, Worker, type Job } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { closeTcp, duplicateTcp, meterTcp, type TcpClient } from '../tiers/tcp'
+import { isReconnecting } from '../tiers/tcp-reconnect'
 import { bullmqScriptCost } from './costs'
 import { RestBullmqClient } from './rest-client'
 import type { Meter } from '../redis-commands'
@@ -67,7 +68,8 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
   function ready (name: string): Queue {
     const queue = queues.get(name)
     if (queue === undefined) throw new Error(`queue ${name} is not defined`)
-    if (producer.status !== 'ready') throw new Error(`the ${settings.connection.tier} Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
+    // A connection the server closed while idle is reconnecting: its commands wait for it (tcp-reconnect.ts).
+    if (producer.status !== 'ready' && !isReconnecting(producer)) throw new Error(`the ${settings.connection.tier} Redis connection is ${producer.status === 'wait' || producer.status === 'connecting' ? 'not connected yet' : 'down'}`)
     return queue
   }
 
@@ -235,7 +237,8 @@ async function tcpConnections (tcp: TcpClient, settings: BullmqSettings): Promis
   producer.on('error', settings.onError)
   await withTimeout(producer.connect(), settings.commandTimeoutMs).catch(() => {}) // reported through `error`
   // Never connected itself (lazy): BullMQ duplicates it for each worker's connections, metered too.
-  const patient = { maxRetriesPerRequest: null, enableOfflineQueue: true, commandTimeout: undefined }
+  // BullMQ's workers rely on ioredis resending their blocking fetch after a reconnect.
+  const patient = { maxRetriesPerRequest: null, enableOfflineQueue: true, commandTimeout: undefined, autoResendUnfulfilledCommands: true }
   const workerConnection = meterTcp(duplicateTcp(tcp, 'redis-tiers-worker', patient), settings.meter, bullmqScriptCost)
   workerConnection.on('error', settings.onError)
   return { producer, workerConnection }

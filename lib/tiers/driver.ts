@@ -21,6 +21,8 @@ export interface ProbeResult<Client> {
 export interface LiveSignals {
   up: () => void
   down: (err?: Error) => void
+  /** A connection the server or the network closed came back within the grace (in `ms`): not an outage. */
+  reconnected?: (ms: number) => void
 }
 
 export interface TierTimeouts {

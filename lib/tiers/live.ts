@@ -41,6 +41,8 @@ export interface LiveTierOptions {
   onChange: (tier: RedisTier, up: boolean, state: TierState) => void
   /** Something failed while down (rate-limit it). */
   onError: (tier: RedisTier, diagnosis: string) => void
+  /** Worth one info line, not an outage: e.g. a connection closed while idle came back at once. */
+  onNotice?: (tier: RedisTier, message: string) => void
   /** Told of every PING sent on the client (one command each). */
   meter: Meter
 }
@@ -130,7 +132,15 @@ export function liveTier<Client> (driver: TierDriver<Client>, boot: ProbeResult<
     }
     const adopted = result.client
     client = adopted
-    driver.watch(adopted, { up: () => up(), down: (err) => down(err ?? new Error('Connection is closed.')) })
+    driver.watch(adopted, {
+      up: () => up(),
+      down: (err) => down(err ?? new Error('Connection is closed.')),
+      reconnected: (ms) => {
+        if (closed) return
+        state.checkedAt = now()
+        opts.onNotice?.(tier, `tier ${tier}: the connection was closed by the server or the network (an idle timeout, a NAT gateway, a paused process) and reconnected in ${ms} ms; not an outage`)
+      }
+    })
     up(result.latencyMs)
   }
 

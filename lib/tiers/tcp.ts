@@ -5,12 +5,13 @@ import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
 import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
-import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
+import type { LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
 import { ConfigError } from '../errors'
 import { withTimeout } from '../deadline'
 import { reduceRedisError } from '../redact'
+import { holdWhileReconnecting } from './tcp-reconnect'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
 // that holds HTTP requests hostage, 20 retries per command, no command
@@ -43,10 +44,17 @@ export function isShardChannel (client: TcpClient, channel: string): boolean {
  * to each node, `cluster` to the cluster client; its offline queue follows the nodes' setting).
  */
 export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}, cluster: Partial<ClusterOptions> = {}): TcpClient {
-  if (!isCluster(client)) return client.duplicate({ connectionName, ...overrides })
+  // A patient connection (offline queue, BullMQ's workers) waits for a reconnect by itself.
+  if (!isCluster(client)) {
+    const duplicate = client.duplicate({ connectionName, ...overrides })
+    if (duplicate.options.enableOfflineQueue === false) holdWhileReconnecting(duplicate)
+    return duplicate
+  }
   const { options } = client
   const offlineQueue = overrides.enableOfflineQueue ?? options.enableOfflineQueue
-  return client.duplicate([], { ...options, ...cluster, enableOfflineQueue: offlineQueue, redisOptions: { ...options.redisOptions, connectionName, ...overrides } })
+  const duplicate = client.duplicate([], { ...options, ...cluster, enableOfflineQueue: offlineQueue, redisOptions: { ...options.redisOptions, connectionName, ...overrides } })
+  if (offlineQueue === false) holdWhileReconnecting(duplicate)
+  return duplicate
 }
 
 /**
@@ -76,6 +84,15 @@ export function meterTcp<T extends TcpClient> (client: T, meter: Meter, scriptCo
   return client
 }
 
+/**
+ * The first attempt after a close is immediate: a connection the server or the network closed
+ * (idle timeout, NAT, a frozen process) comes back in one round trip, and a Redis that is really
+ * gone refuses it at once, so the tier is called down without waiting. Then capped backoff.
+ */
+export function reconnectDelay (times: number): number {
+  return times <= 1 ? 0 : Math.min(100 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS)
+}
+
 function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
   return {
     host: target.host,
@@ -92,7 +109,10 @@ function tcpOptions (target: TcpTarget, timeouts: TierTimeouts): RedisOptions {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     autoResubscribe: false, // the bus resubscribes itself on every `ready`
-    retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
+    // ioredis would resend every command written before a close, a PUBLISH or an XADD that may
+    // have run included; tcp-reconnect.ts resends only what cannot have run or cannot change anything.
+    autoResendUnfulfilledCommands: false,
+    retryStrategy: reconnectDelay,
     // Redis 6 sends READONLY after a failover; reconnecting reaches the new primary.
     reconnectOnError: (err: Error) => err.message.startsWith('READONLY'),
     connectionName: 'redis-tiers'
@@ -131,6 +151,7 @@ async function probeTcp (target: TcpTarget, seeds: ClusterNode[], timeouts: Tier
       return await probeCluster(target, seeds, timeouts, deadline)
     }
     client.options.commandTimeout = timeouts.commandTimeoutMs // read per command by ioredis
+    holdWhileReconnecting(client)
     return { ok: true, client, latencyMs }
   } catch (err) {
     client.disconnect()
@@ -162,7 +183,7 @@ async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: 
     lazyConnect: true,
     enableOfflineQueue: false,
     enableReadyCheck: true,
-    clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
+    clusterRetryStrategy: reconnectDelay,
     retryDelayOnFailover: 100,
     retryDelayOnClusterDown: 100,
     slotsRefreshTimeout: timeouts.connectTimeoutMs,
@@ -171,6 +192,7 @@ async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: 
   }
   const cluster = new Cluster([{ host: target.host, port: target.port }, ...seeds], options)
   cluster.on('error', () => {})
+  holdWhileReconnecting(cluster) // before connecting: it guards each node as the cluster adds it
   try {
     cluster.connect().catch(() => {}) // the same failure arrives as the `error` event awaited below
     await once(cluster, 'ready', { signal: deadline })
@@ -315,6 +337,45 @@ function clusterScan (cluster: Cluster, meter: Meter): RedisCommands['scan'] {
   }
 }
 
+/**
+ * After a good probe ioredis reconnects forever with capped backoff; its events say when Redis is
+ * away and back. A ready connection that closes is not yet an outage: the server or the network may
+ * have closed it (idle timeout, NAT, a frozen process). The first reconnect is immediate; the tier is
+ * down only if it fails (an `error` before `ready`) or no `ready` comes within the connect timeout.
+ */
+function watchTcp (client: TcpClient, signals: LiveSignals, graceMs: number): void {
+  let ready = client.status === 'ready' // adopted after the probe: its first `ready` has been emitted
+  let grace: NodeJS.Timeout | undefined
+  let closedAt = 0
+  function down (err?: Error): void {
+    clearTimeout(grace)
+    grace = undefined
+    signals.down(err)
+  }
+  client.on('error', (err: Error) => {
+    if (client.status === 'ready') return // the socket failed while connected: its `close` follows
+    // The reconnect after a close failed: the diagnosis is the lost connection, being re-established.
+    down(grace !== undefined ? undefined : err)
+  })
+  client.on('close', () => {
+    if (!ready) return down()
+    ready = false
+    closedAt = performance.now()
+    grace = setTimeout(() => down(new Error(`Connection is closed. (no new connection within ${graceMs} ms)`)), graceMs)
+    grace.unref()
+  })
+  client.on('ready', () => {
+    ready = true
+    if (grace !== undefined) {
+      clearTimeout(grace)
+      grace = undefined
+      signals.reconnected?.(Math.round(performance.now() - closedAt))
+    }
+    signals.up()
+  })
+  client.on('end', () => down()) // no reconnect follows (closed by us, or a Cluster gave up)
+}
+
 /** The tcp tier, when REDIS_URL or REDIS_HOST configure one. */
 export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
   const result = tcpTarget(settings)
@@ -338,12 +399,7 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
       ping: pingTcp,
       commands: tcpCommands,
       transport: (client, onError) => tcpTransport(client, timeouts.commandTimeoutMs, onError),
-      watch (client, signals) {
-        // After a good probe ioredis reconnects forever with capped backoff; these events say when it is away and back.
-        client.on('error', (err: Error) => signals.down(err))
-        client.on('close', () => signals.down())
-        client.on('ready', () => signals.up())
-      },
+      watch: (client, signals) => watchTcp(client, signals, timeouts.connectTimeoutMs),
       close: async (client) => await closeTcp(client, timeouts.commandTimeoutMs),
       async describe (client) {
         if (!isCluster(client)) return { mode: 'single' }
