@@ -46,8 +46,9 @@ export function restTransport (client: UpstashRedis, target: RestTarget, command
                   confirmed()
                   if (confirmedBefore) resumed(channel) // a stream that ended and was made again: a gap
                   confirmedBefore = true
-                } else if (kind === 'message') {
-                  deliver(data.slice(first + 1, second), data.slice(second + 1))
+                } else if (kind === 'message' && data.startsWith(`message,${channel},`)) {
+                  // One stream per channel: its name is known, so a comma inside it cannot shift the text.
+                  deliver(channel, data.slice(channel.length + 9))
                 }
               }
             }
