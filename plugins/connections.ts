@@ -383,7 +383,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       if (tier === null || tier === 'memory') return redact(err).message
       const { refusing } = tiers[tier]
       // Redis's own text ("OOM command not allowed...") says neither why nor what to change.
-      if (refusing !== null && refusalCause(err) !== null) return `${tier} refuses ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${concealEndpoint(safe(refusing.reason), tiers[tier].endpoint, tiers[tier].source)}`
+      if (refusing !== null && refusalCause(err) !== null) {
+        const { endpoint, source } = tiers[tier]
+        return `${tier} refuses ${refusing.cause === 'full' ? 'writes' : 'commands'} (${concealEndpoint(redact(err).message, endpoint, source)}): ${concealEndpoint(safe(refusing.reason), endpoint, source)}`
+      }
       if (tiers[tier].reachable || tiers[tier].lastError === null) return concealEndpoint(redact(err).message, tiers[tier].endpoint, tiers[tier].source)
       // Said to HTTP callers: the variable and the fix, not the address of the database.
       return `${tier} is down: ${addressless(tier) ?? ''}`

@@ -90,7 +90,7 @@ for (const tier of ['tcp', 'rest'] as const) {
     await redisAdmin.config('SET', 'maxmemory', '1')
     const refused = await publish(app)
     t.equal(refused.statusCode, 503, 'the write is refused')
-    t.match(refused.message, new RegExp(`${tier} refuses writes: Redis is full`), 'the 503 names the cause, not Redis\'s raw text')
+    t.match(refused.message, new RegExp(`${tier} refuses writes \\(.*OOM command not allowed.*\\): Redis is full \\(maxmemory (unknown|1 B)`), 'the 503 names the cause and the fix, after Redis\'s words')
 
     const full = await health(app)
     t.equal(full.code, 200, 'reads are served: not a reason to take the instance out')
@@ -176,7 +176,7 @@ t.test('rest, quota spent before boot: reachable but refusing, features bound to
   for (const feature of ['cache', 'sse', 'presence', 'queues']) t.match(app.features[feature], { status: 'active', tier: 'rest', reason: /refuses commands \(.*request quota is spent/ }, `${feature} is on rest, not a memory island`)
   const refused = await publish(app)
   t.equal(refused.statusCode, 503, 'sse: unavailable, as declared')
-  t.match(refused.message, /rest refuses commands: .*request quota is spent.*REDIS_BUDGET_GUARD=true/)
+  t.match(refused.message, /rest refuses commands \(ERR max requests limit exceeded[^)]*\): the Redis provider .*request quota is spent.*REDIS_BUDGET_GUARD=true/)
   t.notMatch(refused.message, /127\.0\.0\.1/, 'no address in a 503')
   const h = await health(app)
   t.equal(h.body.status, 'degraded')

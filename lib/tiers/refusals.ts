@@ -57,7 +57,9 @@ export function tierRefusals (opts: TierRefusalsOptions): TierRefusals {
   }
 
   function fullRefusal (tier: RedisTier, since: string): Refusal {
-    return { cause: 'full', reason: fullReason(limits(tier), opts.featuresOn(tier), opts.read), since }
+    // Full with no maxmemory: what was measured is out of date (or the limit is the provider's own), so it is not quoted.
+    const known = limits(tier).maxmemory === 0 ? { ...limits(tier), maxmemory: null } : limits(tier)
+    return { cause: 'full', reason: fullReason(known, opts.featuresOn(tier), opts.read), since }
   }
 
   /** INFO memory; false when it could not be read. */
