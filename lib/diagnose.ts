@@ -40,9 +40,40 @@ function codeOf (err: unknown): { code: string, message: string } {
   return { code, message: message.trim() }
 }
 
+// Upstash: `ERR max requests limit exceeded. Limit: 500000, Usage: 500000.` (the monthly count of
+// the free and fixed plans), and on older databases `ERR max daily request limit exceeded`.
+const QUOTA = /max (daily )?requests? limit exceeded(?:\.?\s*Limit:\s*(\d+),\s*Usage:\s*(\d+))?/i
+
+/** Days a monthly quota is spread over when it is turned into a daily budget (the longest month). */
+const DAYS_A_MONTH = 31
+
+/**
+ * The provider's request quota is spent: the endpoint answered and took the credentials, so the
+ * fix is the plan or the app's own command budget, never the address. Null when `message` is not that.
+ */
+export function diagnoseQuota (message: string, ctx: DiagnosisContext): string | null {
+  const match = QUOTA.exec(message)
+  if (match === null) return null
+  const daily = match[1] !== undefined
+  const limit = match[2] === undefined ? null : Number(match[2])
+  const figures = limit === null ? '' : ` (limit ${limit}, used ${match[3]})`
+  const resets = daily
+    ? 'the count is per day and comes back at the provider\'s daily reset'
+    : 'Upstash counts requests per month (the free tier: 500 000), so it comes back with the next monthly period (the date is in the Upstash console)'
+  const share = limit === null ? '' : `=${Math.max(1, Math.floor(limit / (daily ? 1 : DAYS_A_MONTH)))} (divided by the number of instances)`
+  return `the Redis provider refuses every command at ${ctx.endpoint} (${ctx.variable}): its request quota is spent${figures}; ` +
+    `the endpoint is reachable and ${ctx.secretVariable} is accepted; ${resets}. ` +
+    `Fix: move the database to a paid plan (pay-as-you-go or fixed) in the Upstash console, and keep the app within the quota with REDIS_DAILY_COMMAND_BUDGET${share} and REDIS_BUDGET_GUARD=true`
+}
+
 export function diagnose (err: unknown, ctx: DiagnosisContext): string {
   const { code, message } = codeOf(err)
   const where = `${ctx.endpoint} (${ctx.variable})`
+  const quota = diagnoseQuota(message, ctx)
+  if (quota !== null) return quota
+  if (/\bOOM command not allowed\b/.test(message)) {
+    return `${where} is full (used memory is past maxmemory): it refuses writes and serves reads; raise maxmemory, set maxmemory-policy volatile-lru (not with queues: BullMQ needs noeviction), or keep less in it`
+  }
   const tlsHint = ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
 
   if (err instanceof ProbeTimeout || code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || (err as Error | undefined)?.name === 'TimeoutError' || /Command timed out/.test(message)) {

@@ -91,6 +91,8 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     }
     const candidate = resolveTier(requirement, opts.availability(), opts.read)
     if (candidate.status !== 'active' || rank(requirement, candidate) >= rank(requirement, state)) return null
+    // Reachable but refusing every command (a spent quota): no better than where the feature is.
+    if (candidate.tier !== 'memory' && !opts.isUp(candidate.tier)) return null
     return { ...candidate, reason: candidate.reason === `${candidate.tier} is reachable` ? why : `${candidate.reason} (${why})` }
   }
 
@@ -115,6 +117,13 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     })
   }
 
+  /** Bound at boot to a tier that is reachable but refuses every command: the outage behaviour from the start. */
+  function outageAtBoot (requirement: FeatureRequirement, resolution: Resolution, outage: OutageBehaviour): Resolution {
+    if (resolution.status !== 'active' || resolution.tier === 'memory' || opts.isUp(resolution.tier) || outage !== 'memory') return resolution
+    const refusing = opts.availability()[resolution.tier].refusing ?? 'it refuses commands'
+    return { feature: requirement.feature, status: 'active', tier: 'memory', shared: false, reason: `${resolution.tier} refuses commands (${refusing}); ${envPrefix(requirement.feature)}_ON_OUTAGE=memory: running in memory, per instance, until it accepts them again` }
+  }
+
   return {
     states,
     bind (requirement, rebind) {
@@ -123,8 +132,9 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
       if (choice === 'memory' && requirement.fallback !== 'memory') {
         throw new ConfigError(`Invalid configuration: ${envPrefix(requirement.feature)}_ON_OUTAGE=memory is not supported: the ${requirement.feature} feature cannot run in memory`)
       }
-      const resolution = resolveTier(requirement, opts.availability(), opts.read)
-      const state: FeatureState = { ...resolution, outage: choice ?? declared, since: new Date().toISOString(), transitions: 0 }
+      const outage = choice ?? declared
+      const resolution = outageAtBoot(requirement, resolveTier(requirement, opts.availability(), opts.read), outage)
+      const state: FeatureState = { ...resolution, outage, since: new Date().toISOString(), transitions: 0 }
       bindings.set(requirement.feature, { requirement, outage: state.outage, state, rebind, queue: Promise.resolve() })
       states[requirement.feature] = state
       return state

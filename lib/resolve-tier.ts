@@ -30,6 +30,11 @@ export interface TierAvailability {
   reachable: boolean
   /** Why it is not reachable (already redacted). */
   diagnosis?: string
+  /**
+   * Reachable, but it refuses every command (a spent quota; already redacted). Features still bind
+   * to it and follow their outage behaviour, rather than each instance quietly running in memory.
+   */
+  refusing?: string
 }
 
 const TIER_LABEL: Record<RedisTier, string> = {
@@ -52,7 +57,9 @@ export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, T
   const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })
   const active = (tier: Tier, reason: string): Resolution => {
     const note = req.notes?.[tier]
-    return { feature, status: 'active', tier, reason: note === undefined ? reason : `${reason}; ${note}`, shared: tier !== 'memory' }
+    const refusing = tier === 'memory' ? undefined : tiers[tier].refusing
+    const why = refusing === undefined ? reason : `${reason} but refuses commands (${refusing})`
+    return { feature, status: 'active', tier, reason: note === undefined ? why : `${why}; ${note}`, shared: tier !== 'memory' }
   }
 
   if (!parseBooleanVariable(read, req.flag, true)) return skipped(`disabled by ${req.flag}=${read(req.flag) ?? ''}`)

@@ -21,6 +21,8 @@ import { restTier } from '../lib/tiers/rest'
 import { memoryTransport } from '../lib/tiers/memory'
 import { budgetWarning, createUsage, type BudgetReport, type Usage } from '../lib/usage'
 import { restartWatch, type RedisRestart } from '../lib/restart-watch'
+import { tierRefusals } from '../lib/tiers/refusals'
+import { describeMemory, evictionWarning, refusalCause, type Refusal } from '../lib/refusal'
 
 type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
 
@@ -48,6 +50,8 @@ export interface HealthReport {
 }
 
 export type { FeatureChange, FeatureState, Rebind, RedisRestart }
+
+export type { Refusal }
 
 export interface TierChange {
   tier: RedisTier
@@ -128,9 +132,9 @@ export interface Connections {
   resolve: (requirement: FeatureRequirement, rebind?: Rebind) => FeatureState
   /** Add a feature's own figures (counters, sizes, queue counts) to its entry in /health. */
   describe: (feature: string, details: () => Record<string, unknown> | Promise<Record<string, unknown>>) => void
-  /** PING the tiers in use now, each with the command deadline. */
+  /** PING the tiers in use now, each with the command deadline (and, while a tier is full, one INFO memory). */
   health: () => Promise<HealthReport>
-  /** The overall state as last seen, without a PING: down when a tier in use is, degraded when any configured tier is. */
+  /** The overall state as last seen, without a PING: down when a tier in use is, degraded when any configured tier is down or refusing. */
   status: () => HealthReport['status']
   /** Make any error safe to log or return. */
   redact: (err: unknown) => Error
@@ -200,8 +204,49 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
 
   const changes = new EventEmitter()
   const live = new Map<RedisTier, LiveTier>()
+  /** Set by onReady: until then a refusal is the boot report's to tell. */
+  let booted = false
+  const refusals = tierRefusals({
+    states: tiers,
+    context: (tier) => live.get(tier)?.driver.context,
+    featuresOn: (tier) => Object.entries(features).flatMap(([name, f]) => f.status === 'active' && f.tier === tier ? [name] : []),
+    read,
+    async memoryInfo (tier) {
+      const t = live.get(tier)
+      const client = t?.client() ?? null
+      if (t?.driver.info === undefined || client === null) throw new Error(`${tier} has no client to ask`)
+      usage.meter('connections', tier)(1)
+      return await t.driver.info(client, 'memory', timeouts.commandTimeoutMs)
+    },
+    onChange (tier, refusing, previous) {
+      if (!booted) return
+      if (refusing !== null) log.warn({ tier, cause: refusing.cause }, `tier ${tier}: refusing ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(refusing.reason)}`)
+      else log.info({ tier, cause: previous.cause }, `tier ${tier}: accepts ${previous.cause === 'full' ? 'writes' : 'commands'} again`)
+      // A spent quota is an outage for the features (reads are refused too); a full Redis still serves them.
+      if (refusing?.cause === 'quota' || previous.cause === 'quota') bindings.reresolve(refusing === null ? `${tier} accepts commands again` : `${tier} refuses commands`)
+    }
+  })
+  /** The driver with its PING told to the refusals: a refused PING is an answer (reachable), a PING while full also checks for room. */
+  function observed (driver: TierDriver<unknown>): TierDriver<unknown> {
+    const name = driver.tier
+    return {
+      ...driver,
+      async ping (client, ms) {
+        const started = performance.now()
+        try {
+          const latencyMs = await driver.ping(client, ms)
+          refusals.answered(name)
+          if (tiers[name].refusing?.cause === 'full') await refusals.recheck(name)
+          return latencyMs
+        } catch (err) {
+          if (refusals.refused(name, err)) return Math.round((performance.now() - started) * 100) / 100
+          throw err
+        }
+      }
+    }
+  }
   drivers.forEach((driver, i) => {
-    const tier = liveTier(driver, probes[i], {
+    const tier = liveTier(observed(driver), probes[i], {
       ...timeouts,
       reprobeMaxMs,
       diagnose: (err, ctx) => safe(diagnose(err, ctx)),
@@ -218,7 +263,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     })
     live.set(driver.tier, tier)
     tiers[driver.tier] = tier.state
+    if (probes[i].refused !== undefined) refusals.refused(driver.tier, probes[i].refused)
   })
+  // maxmemory and its policy, once: one command per reachable tier, and none on a tier that refuses them all.
+  await Promise.all([...live.values()].filter((t) => t.client() !== null && t.state.refusing === null).map(async (t) => await refusals.measure(t.driver.tier)))
   const clientOf = (tier: Tier): unknown => tier === 'memory' ? null : live.get(tier)?.client() ?? null
 
   // Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline.
@@ -275,14 +323,18 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     const { lastError, endpoint, source } = tiers[tier]
     return lastError === null ? undefined : concealEndpoint(lastError, endpoint, source)
   }
+  function refusingQuota (tier: RedisTier): string | undefined {
+    const { refusing, endpoint, source } = tiers[tier]
+    return refusing?.cause === 'quota' ? concealEndpoint(refusing.reason, endpoint, source) : undefined
+  }
   const bindings = featureBindings({
     read,
     // A feature's reason reaches 503 bodies and a host's /health: the diagnosis without the address.
     availability: () => ({
-      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: addressless('tcp') },
-      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: addressless('rest') }
+      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: addressless('tcp'), refusing: refusingQuota('tcp') },
+      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: addressless('rest'), refusing: refusingQuota('rest') }
     }),
-    isUp: (tier) => tiers[tier].reachable,
+    isUp: (tier) => tiers[tier].reachable && tiers[tier].refusing?.cause !== 'quota',
     onChange (change, state) {
       const line = `feature ${change.feature}: ${change.from ?? 'skipped'} -> ${change.to ?? 'skipped'} (${change.reason})`
       log[state.tier === 'memory' ? 'warn' : 'info']({ feature: change.feature, from: change.from, to: change.to, transitions: state.transitions }, line)
@@ -301,14 +353,21 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     }))
     await Promise.all([...[...live.values()].map(async (t) => await t.check()), described])
     const report: HealthReport['tiers'] = structuredClone(tiers)
-    for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier))
+    for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier), memoryOf(tier))
     return { status: status(), tiers: report, features: reported, budget: usage.budget() }
   }
 
   function status (): HealthReport['status'] {
     const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
     if ([...inUse].some((t) => !tiers[t].reachable)) return 'down'
-    return (['tcp', 'rest'] as const).some((t) => tiers[t].configured && !tiers[t].reachable) ? 'degraded' : 'ok'
+    return (['tcp', 'rest'] as const).some((t) => tiers[t].configured && (!tiers[t].reachable || tiers[t].refusing !== null)) ? 'degraded' : 'ok'
+  }
+
+  /** What the boot measure (or the last check while full) found; nothing for a tier not measured. */
+  function memoryOf (tier: RedisTier): { maxmemory?: number | null, maxmemoryPolicy?: string | null } {
+    if (!live.has(tier)) return {}
+    const { maxmemory, policy } = refusals.limits(tier)
+    return { maxmemory, maxmemoryPolicy: policy }
   }
 
   /** The driver's own words on the connected client (a cluster: mode, masters, nodes and which are down). */
@@ -333,7 +392,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     commands (tier: Tier, timeoutMs: number, feature: string): RedisCommands | null {
       const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
       const client = clientOf(tier)
-      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier)) : null
+      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
     },
     usage,
     bus,
@@ -344,22 +403,40 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     redact,
     explain (tier, err) {
       if (tier === null || tier === 'memory') return redact(err).message
+      const { refusing } = tiers[tier]
+      // Redis's own text ("OOM command not allowed...") says neither why nor what to change.
+      if (refusing !== null && refusalCause(err) !== null) {
+        const { endpoint, source } = tiers[tier]
+        return `${tier} refuses ${refusing.cause === 'full' ? 'writes' : 'commands'} (${concealEndpoint(redact(err).message, endpoint, source)}): ${concealEndpoint(safe(refusing.reason), endpoint, source)}`
+      }
       if (tiers[tier].reachable || tiers[tier].lastError === null) return concealEndpoint(redact(err).message, tiers[tier].endpoint, tiers[tier].source)
       // Said to HTTP callers: the variable and the fix, not the address of the database.
       return `${tier} is down: ${addressless(tier) ?? ''}`
     }
   } satisfies Connections)
 
+  /** One boot line per tier: where it is, or why not; its memory limits, or why it refuses. */
+  async function reportTier (tier: RedisTier): Promise<void> {
+    const s = tiers[tier]
+    const retried = live.has(tier) ? `; retrying in the background (at most every ${reprobeMaxMs} ms)` : ''
+    const described = await describeTier(tier)
+    const cluster = described.mode === 'cluster' ? `, a Redis Cluster of ${String(described.masters)} masters` : ''
+    const limits = refusals.limits(tier)
+    const reached = s.refusing !== null
+      ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) but refusing ${s.refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(s.refusing.reason)}`
+      : `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) in ${s.latencyMs ?? '?'} ms; ${describeMemory(limits)}`
+    const text = !s.configured ? 'not configured' : s.reachable ? reached : `unavailable: ${s.lastError ?? ''}${retried}`
+    const level = s.configured && (!s.reachable || s.refusing !== null) ? 'warn' : 'info'
+    log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs, mode: described.mode, refusing: s.refusing?.cause ?? null, maxmemory: limits.maxmemory, maxmemoryPolicy: limits.policy }, `tier ${tier}: ${text}`)
+    // BullMQ's keys have no TTL and must never be evicted: an evicting policy loses jobs and locks.
+    const queued = features.queues?.status === 'active' && features.queues.tier === tier
+    const eviction = queued ? evictionWarning(tier, limits) : null
+    if (eviction !== null) log.warn({ tier, maxmemoryPolicy: limits.policy }, eviction)
+  }
+
   fastify.addHook('onReady', async () => {
-    for (const tier of ['tcp', 'rest'] as const) {
-      const s = tiers[tier]
-      const retried = live.has(tier) ? `; retrying in the background (at most every ${reprobeMaxMs} ms)` : ''
-      const described = await describeTier(tier)
-      const cluster = described.mode === 'cluster' ? `, a Redis Cluster of ${String(described.masters)} masters` : ''
-      const text = !s.configured ? 'not configured' : s.reachable ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) in ${s.latencyMs ?? '?'} ms` : `unavailable: ${s.lastError ?? ''}${retried}`
-      const level = s.configured && !s.reachable ? 'warn' : 'info'
-      log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs, mode: described.mode }, `tier ${tier}: ${text}`)
-    }
+    booted = true
+    for (const tier of ['tcp', 'rest'] as const) await reportTier(tier)
     const names = Object.keys(features)
     if (names.length === 0) log.info('features: none registered')
     for (const name of names) {

@@ -51,6 +51,10 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
 
   const redisTiers = (['tcp', 'rest'] as const).filter((t) => connections.tiers[t].configured)
   gauge('redis_tiers_tier_up', '1 while a configured Redis tier is reachable', ['tier'], () => redisTiers.map((t) => [{ tier: t }, connections.tiers[t].reachable ? 1 : 0]))
+  gauge('redis_tiers_tier_full', '1 while a tier refuses writes because Redis is full (OOM under maxmemory); reads are served', ['tier'], () =>
+    redisTiers.map((t) => [{ tier: t }, connections.tiers[t].refusing?.cause === 'full' ? 1 : 0]))
+  gauge('redis_tiers_tier_quota_spent', '1 while the provider refuses every command of a tier because its request quota is spent', ['tier'], () =>
+    redisTiers.map((t) => [{ tier: t }, connections.tiers[t].refusing?.cause === 'quota' ? 1 : 0]))
   gauge('redis_tiers_tier_latency_milliseconds', 'The last PING round trip of a tier', ['tier'], () => redisTiers.flatMap((t) => {
     const ms = connections.tiers[t].latencyMs
     return ms === null ? [] : [[{ tier: t }, ms] as [Labels, number]]

@@ -67,10 +67,12 @@ const SCRIPT = `
 
   function renderTiers (s) {
     replace('tiers', s.tiers.map(function (t) {
-      var state = !t.configured ? 'off' : t.reachable ? 'up' : 'down';
+      var refusing = t.reachable && t.refusing ? t.refusing : null;
+      var state = !t.configured ? 'off' : refusing ? refusing.cause : t.reachable ? 'up' : 'down';
+      var label = { off: 'not configured', full: 'full: writes refused', quota: 'quota spent' }[state] || state;
       var card = h('div', { 'class': 'card', 'data-tier': t.tier, 'data-state': state },
-        h('h3', null, h('span', { text: t.tier }), badge(state === 'off' ? 'not configured' : state, state === 'up' ? 'ok' : state === 'down' ? 'bad' : '')),
-        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(t.since)], ['diagnosis', t.lastError]]) : h('p', { 'class': 'muted', text: t.tier === 'tcp' ? 'Set REDIS_URL to use a TCP Redis.' : 'Set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to use Upstash REST.' }));
+        h('h3', null, h('span', { text: t.tier }), badge(label, state === 'up' ? 'ok' : state === 'down' ? 'bad' : refusing ? 'warn' : '')),
+        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(refusing ? refusing.since : t.since)], ['diagnosis', refusing ? refusing.reason : t.lastError]]) : h('p', { 'class': 'muted', text: t.tier === 'tcp' ? 'Set REDIS_URL to use a TCP Redis.' : 'Set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to use Upstash REST.' }));
       return card;
     }));
   }
@@ -90,7 +92,7 @@ const SCRIPT = `
   function renderFeatures (s) {
     replace('features', s.features.map(function (f) {
       var active = f.status === 'active';
-      var kind = !active ? '' : f.tier === 'memory' ? 'warn' : (s.tiers.some(function (t) { return t.tier === f.tier && !t.reachable; }) ? 'bad' : 'ok');
+      var kind = !active ? '' : f.tier === 'memory' ? 'warn' : (s.tiers.some(function (t) { return t.tier === f.tier && !t.reachable; }) ? 'bad' : s.tiers.some(function (t) { return t.tier === f.tier && t.refusing; }) ? 'warn' : 'ok');
       var today = s.commands.filter(function (c) { return c.feature === f.feature; }).reduce(function (n, c) { return n + c.today; }, 0);
       return h('div', { 'class': 'card', 'data-feature': f.feature, 'data-on': f.tier || 'none' },
         h('h3', null, h('span', { text: f.feature }), badge(active ? 'on ' + f.tier : 'skipped', kind)),

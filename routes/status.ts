@@ -31,7 +31,7 @@ export interface StatusSample {
 export interface StatusSnapshot {
   at: string
   status: 'ok' | 'degraded' | 'down'
-  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null }>
+  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null, refusing: { cause: 'full' | 'quota', reason: string, since: string } | null }>
   features: Array<{ feature: string, status: string, tier: string | null, reason: string, outage: string, transitions: number, since: string }>
   figures: {
     cache: { hits: number, misses: number, hitRatio: number | null, l1Entries: number, l1Bytes: number, l2WritesShed: number }
@@ -105,8 +105,8 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
       at: new Date().toISOString(),
       status: connections.status(),
       tiers: (['tcp', 'rest'] as const).map((tier) => {
-        const { configured, reachable, latencyMs, endpoint, source, lastError, since } = connections.tiers[tier]
-        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since }
+        const { configured, reachable, latencyMs, endpoint, source, lastError, since, refusing } = connections.tiers[tier]
+        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing }
       }),
       features: Object.entries(fastify.features).map(([feature, f]) => ({ feature, status: f.status, tier: f.tier, reason: f.reason, outage: f.outage, transitions: f.transitions, since: f.since })),
       figures: {

@@ -1,6 +1,6 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
 import type { DiagnosisContext } from '../diagnose'
-import type { Meter, RedisCommands } from '../redis-commands'
+import type { LuaScript, Meter, RedisCommands } from '../redis-commands'
 import type { RedisTier } from '../resolve-tier'
 
 // One Redis tier behind one small contract: what to connect to (from the
@@ -15,6 +15,16 @@ export interface ProbeResult<Client> {
   client?: Client
   latencyMs?: number
   error?: Error
+  /** Reachable, but the PING was refused by a limit of the provider (a spent quota): the client is kept. */
+  refused?: Error
+}
+
+/** Told of what Redis answered through a commands adapter, so that a refusing tier is noticed and cleared. */
+export interface CommandObserver {
+  /** A command failed (the error already reduced to Redis's words). */
+  failed: (err: Error) => void
+  /** A command was answered; `script`: the script it ran (one that adds data shows that Redis accepts writes again). */
+  answered: (script?: LuaScript) => void
 }
 
 /** What a client tells the live tier state by itself (tcp: connection events; rest has none). */
@@ -41,10 +51,12 @@ export interface TierDriver<Client = unknown> {
   /** PING with its own deadline; resolves with the round trip in ms. */
   ping: (client: Client, ms: number) => Promise<number>
   /** The commands adapter on the client, each round trip told to `meter` with what it is billed. */
-  commands: (client: Client, timeoutMs: number, meter: Meter) => RedisCommands
+  commands: (client: Client, timeoutMs: number, meter: Meter, observer?: CommandObserver) => RedisCommands
   transport: (client: Client, onError: (err: Error) => void) => (deliver: Deliver, resumed: Resumed) => BusTransport
   watch: (client: Client, signals: LiveSignals) => void
   close: (client: Client) => Promise<void>
+  /** INFO `section` with its own deadline (the boot measure of maxmemory, and the check of a full Redis). */
+  info?: (client: Client, section: string, ms: number) => Promise<string>
   /** What /health and the boot report add about the connected client (e.g. a cluster's mode and nodes). */
   describe?: (client: Client) => Promise<Record<string, unknown>>
 }

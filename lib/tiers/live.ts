@@ -2,6 +2,7 @@ import type { DiagnosisContext } from '../diagnose'
 import type { RedisTier } from '../resolve-tier'
 import type { ProbeResult, TierDriver } from './driver'
 import type { Meter } from '../redis-commands'
+import type { Refusal } from '../refusal'
 
 // The one source of truth for whether a configured tier is up, at every
 // moment: fed by the boot probe, the client's own connection events (tcp),
@@ -24,10 +25,12 @@ export interface TierState {
   checkedAt: string | null
   /** When `reachable` last changed (boot counts as a change). */
   since: string | null
+  /** Reachable but refusing (full: writes; quota: everything), with the cause and the fix; null otherwise. */
+  refusing: Refusal | null
 }
 
 export function emptyTierState (): TierState {
-  return { configured: false, reachable: false, source: null, endpoint: null, latencyMs: null, lastError: null, checkedAt: null, since: null }
+  return { configured: false, reachable: false, source: null, endpoint: null, latencyMs: null, lastError: null, checkedAt: null, since: null, refusing: null }
 }
 
 export interface LiveTierOptions {

@@ -1,10 +1,11 @@
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { ConnectionSettings } from '../config'
 import { withTimeout } from '../deadline'
-import type { Meter, RedisCommands } from '../redis-commands'
+import type { LuaScript, Meter, RedisCommands } from '../redis-commands'
 import { reduceRedisError } from '../redact'
 import { restTarget, type RestTarget, type TargetResult } from '../targets'
-import type { ProbeResult, TierDriver, TierTimeouts } from './driver'
+import type { CommandObserver, ProbeResult, TierDriver, TierTimeouts } from './driver'
+import { refusalCause } from '../refusal'
 import { restTransport } from './rest-transport'
 
 // @upstash/redis retries a failed fetch five times with exponential backoff
@@ -46,6 +47,8 @@ async function probeRest (target: RestTarget, commandTimeoutMs: number, deadline
     if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply).slice(0, 40)}`)
     return { ok: true, client: createRestClient(Upstash, target, commandTimeoutMs), latencyMs }
   } catch (err) {
+    // A spent quota answers with an error body: the endpoint is there and took the token.
+    if (refusalCause(err) !== null) return { ok: true, client: createRestClient(Upstash, target, commandTimeoutMs), refused: reduceRedisError(err) }
     return { ok: false, error: err as Error }
   }
 }
@@ -57,16 +60,19 @@ async function pingRest (client: UpstashRedis, ms: number): Promise<number> {
   return Math.round((performance.now() - started) * 100) / 100
 }
 
-function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter): RedisCommands {
+function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter, observer?: CommandObserver): RedisCommands {
   let sent = 0
-  const run = async <T>(fn: () => Promise<T>, billed: (reply: T | undefined) => number = () => 1): Promise<T> => {
+  const run = async <T>(fn: () => Promise<T>, billed: (reply: T | undefined) => number = () => 1, script?: LuaScript): Promise<T> => {
     sent++
     let reply: T | undefined
     try {
       reply = await withTimeout(fn(), timeoutMs)
+      observer?.answered(script)
       return reply
     } catch (err) {
-      throw reduceRedisError(err) // @upstash/redis quotes the whole command, arguments and script included
+      const reduced = reduceRedisError(err) // @upstash/redis quotes the whole command, arguments and script included
+      observer?.failed(reduced)
+      throw reduced
     } finally {
       meter(billed(reply))
     }
@@ -74,7 +80,7 @@ function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter): R
   return {
     tier: 'rest',
     get: async (key) => await run(async () => await client.get<string>(key)),
-    eval: async (script, keys, args) => await run(async () => await client.eval(script.source, keys, args.map(String)), (reply) => script.cost(keys.length, reply)),
+    eval: async (script, keys, args) => await run(async () => await client.eval(script.source, keys, args.map(String)), (reply) => script.cost(keys.length, reply), script),
     async scan (cursor, match, count) {
       const [next, keys] = await run(async () => await client.scan(cursor, { match, count }))
       return [String(next), keys]
@@ -103,7 +109,8 @@ export function restTier (settings: ConnectionSettings, timeouts: TierTimeouts):
       commands: restCommands,
       transport: (client, onError) => restTransport(client, target, timeouts.commandTimeoutMs, onError),
       watch () {}, // HTTP has no connection to watch: /health pings and the re-probe tell
-      close: async () => {}
+      close: async () => {},
+      info: async (client, section, ms) => String(await withTimeout(client.exec(['INFO', section]), ms).catch((err: unknown) => { throw reduceRedisError(err) }))
     }
   }
 }

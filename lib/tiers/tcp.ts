@@ -5,7 +5,7 @@ import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
 import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
-import type { LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
+import type { CommandObserver, LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
 import { ConfigError } from '../errors'
@@ -245,7 +245,7 @@ function sha1 (text: string): string {
   return createHash('sha1').update(text).digest('hex')
 }
 
-function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): RedisCommands {
+function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter, observer?: CommandObserver): RedisCommands {
   // There is a client, so a probe succeeded and loaded ioredis.
   const { Command } = ioredis as NonNullable<typeof ioredis>
   let sent = 0
@@ -257,7 +257,11 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): Redis
     command.setTimeout(timeoutMs)
     // ioredis attaches the command with its arguments to a reply error: reduced as it is rejected, without a wrapper promise on the hot path.
     const reject = command.reject
-    command.reject = (err) => { reject(reduceRedisError(err)) }
+    command.reject = (err) => {
+      const reduced = reduceRedisError(err)
+      observer?.failed(reduced)
+      reject(reduced)
+    }
     return client.sendCommand(command) as Promise<T>
   }
   /** A plain command: one round trip, one command billed. */
@@ -270,6 +274,7 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter): Redis
     let billed = 1
     try {
       const reply = await send(command, [body, keys.length, ...keys, ...args])
+      observer?.answered(script)
       billed = script.cost(keys.length, reply)
       return reply
     } catch (err) {
@@ -401,6 +406,7 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
       transport: (client, onError) => tcpTransport(client, timeouts.commandTimeoutMs, onError),
       watch: (client, signals) => watchTcp(client, signals, timeouts.connectTimeoutMs),
       close: async (client) => await closeTcp(client, timeouts.commandTimeoutMs),
+      info: async (client, section, ms) => await withTimeout(client.info(section), ms).catch((err: unknown) => { throw reduceRedisError(err) }),
       async describe (client) {
         if (!isCluster(client)) return { mode: 'single' }
         // The cluster's own view (CLUSTER NODES): ioredis forgets a node once it left the slot map.
