@@ -282,7 +282,10 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
       changes.emit('restarted', restart)
     },
-    onError: (tier, err) => warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
+    onError (tier, err) {
+      // A Redis that refuses (full, a spent quota) has its own line saying so.
+      if (refusalCause(err) === null) warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
+    }
   })
   await Promise.all([...live.keys()].map(async (tier) => { const client = clientOf(tier); if (client !== null) await restarts.up(tier, client) }))
 
