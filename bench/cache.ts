@@ -2,7 +2,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import { teardownList, bootApp, httpLoad, compare, opsPerSecond, pinToCores, row, type LoadResult } from './helpers'
-import { startRedisServer } from '../test/helpers/redis-server'
+import { startRedisServer } from '../support/redis-server'
 import { INVALIDATE_BATCH } from '../lib/cache/store'
 
 // Cache benchmarks (issue targets in brackets), each against a baseline

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { teardownList, bootApp, compare, opsPerSecond, row } from './helpers'
-import { startRedisServer } from '../test/helpers/redis-server'
-import { startRedisCluster } from '../test/helpers/redis-cluster'
+import { startRedisServer } from '../support/redis-server'
+import { startRedisCluster } from '../support/redis-cluster'
 
 // Redis Cluster (3 masters) vs one Redis, same run, ABBA pairs, medians:
 // cache writes and L2 reads (L1 off, so every call reaches Redis), and SSE

@@ -3,10 +3,10 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import type { EnvInput } from '../lib/config'
 import { teardownList, bootApp, median, opsPerSecond, row, time } from './helpers'
-import { startRedisServer, freePort } from '../test/helpers/redis-server'
-import { startRestServer } from '../test/helpers/rest-server'
-import { startRedisCluster } from '../test/helpers/redis-cluster'
-import { startAppProcess } from '../test/helpers/app-process'
+import { startRedisServer, freePort } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
+import { startRedisCluster } from '../support/redis-cluster'
+import { startAppProcess } from '../support/app-process'
 
 // Foundation benchmarks: what the tier machinery costs at boot and per
 // request, each against a baseline measured in the same run.

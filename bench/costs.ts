@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import { teardownList, bootApp, row } from './helpers'
-import { startRedisServer } from '../test/helpers/redis-server'
-import { startRestServer } from '../test/helpers/rest-server'
+import { startRedisServer } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
 import type { EnvInput } from '../lib/config'
 
 // What each operation and each idle minute costs in Redis commands, per

@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import app, { type AppOptions } from '../app'
 import { ROUTER_OPTIONS } from '../lib/process-entry'
 import type { EnvInput } from '../lib/config'
-import type { Teardown } from '../test/helpers/redis-server'
+import type { Teardown } from '../support/redis-server'
 
 // Shared by the benchmarks: a teardown list (the test harness helpers expect
 // one), timing, and HTTP load from a separate autocannon process so that the

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis'
 import { teardownList, bootApp, compare, opsPerSecond, row } from './helpers'
-import { startRedisServer } from '../test/helpers/redis-server'
-import { startRestServer } from '../test/helpers/rest-server'
+import { startRedisServer } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
 
 // Presence (issue targets in brackets):
 //  heartbeats/s through POST /presence/heartbeat on tcp, 10 000 distinct users,

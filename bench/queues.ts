@@ -3,8 +3,8 @@ import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import type { EnvInput } from '../lib/config'
 import { teardownList, bootApp, compare, row } from './helpers'
-import { startRedisServer, type RedisServer } from '../test/helpers/redis-server'
-import { startRestServer } from '../test/helpers/rest-server'
+import { startRedisServer, type RedisServer } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
 
 // Queues on tcp (issue targets in brackets):
 //  10 000 small jobs, concurrency 50, added in one addBulk: jobs/s from the add

@@ -4,7 +4,7 @@ import { once } from 'node:events'
 import path from 'node:path'
 import { Redis } from 'ioredis'
 import { teardownList, row } from './helpers'
-import { startRedisServer } from '../test/helpers/redis-server'
+import { startRedisServer } from '../support/redis-server'
 
 // SSE on the tcp tier: 1 000 and 5 000 concurrent clients on 10 channels, for
 // fastify.sse and for a minimal hand-written baseline (raw reply.raw writes fed

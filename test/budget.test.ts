@@ -1,8 +1,8 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { build, eventually } from './helpers/build'
-import { startRedisServer } from './helpers/redis-server'
-import { startRestServer } from './helpers/rest-server'
+import { startRedisServer } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
 import { createUsage, type BudgetReport } from '../lib/usage'
 import type { HealthReport } from '../plugins/connections'
 

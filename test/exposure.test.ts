@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { build } from './helpers/build'
-import { startRedisServer } from './helpers/redis-server'
+import { startRedisServer } from '../support/redis-server'
 
 // What a mount exposes. /health is mounted by default and load balancers
 // call it without credentials: in a host it says states and reasons, not

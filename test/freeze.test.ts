@@ -1,9 +1,9 @@
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
-import { startRedisServer } from './helpers/redis-server'
-import { startRestServer } from './helpers/rest-server'
-import { startRedisCluster } from './helpers/redis-cluster'
-import { startAppProcess, type AppProcess } from './helpers/app-process'
+import { startRedisServer } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
+import { startRedisCluster } from '../support/redis-cluster'
+import { startAppProcess, type AppProcess } from '../support/app-process'
 import { connectSse, type SseConnection } from './helpers/sse-client'
 import { eventually } from './helpers/build'
 

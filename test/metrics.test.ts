@@ -1,6 +1,6 @@
 import t from 'tap'
 import { build, eventually } from './helpers/build'
-import { startRedisServer } from './helpers/redis-server'
+import { startRedisServer } from '../support/redis-server'
 
 // GET /metrics: Prometheus text that a strict line grammar accepts, series
 // per feature and tier, live tier state, opt-in when mounted, no secret.

@@ -5,8 +5,8 @@ import net from 'node:net'
 import { Redis as UpstashRedis } from '@upstash/redis'
 import { Redis } from 'ioredis'
 import { startRestBridge } from '../tools/rest-bridge'
-import { startRedisServer } from './helpers/redis-server'
-import { startRestServer, TEST_REST_TOKEN } from './helpers/rest-server'
+import { startRedisServer } from '../support/redis-server'
+import { startRestServer, TEST_REST_TOKEN } from '../support/rest-server'
 import { eventually } from './helpers/build'
 
 // The bridge is only useful if the real @upstash/redis client cannot tell it

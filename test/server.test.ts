@@ -2,9 +2,9 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import path from 'node:path'
-import { freePort, startRedisServer } from './helpers/redis-server'
+import { freePort, startRedisServer } from '../support/redis-server'
 import { build, eventually } from './helpers/build'
-import { startRestServer } from './helpers/rest-server'
+import { startRestServer } from '../support/rest-server'
 
 // server.ts and worker.ts as a newcomer runs them: real processes, JSON logs
 // on stdout, a real port, signals.

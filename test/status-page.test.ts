@@ -4,7 +4,7 @@ import http from 'node:http'
 import path from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { build, type Built } from './helpers/build'
-import { startRedisServer } from './helpers/redis-server'
+import { startRedisServer } from '../support/redis-server'
 import type { StatusSnapshot } from '../routes/status'
 
 // GET /status: opt-in when mounted, behind the host's own access check, never

@@ -7,8 +7,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { build } from './helpers/build'
-import { startRedisServer, freePort } from './helpers/redis-server'
-import { startRestServer } from './helpers/rest-server'
+import { startRedisServer, freePort } from '../support/redis-server'
+import { startRestServer } from '../support/rest-server'
 import { demoFeature } from './helpers/demo-feature'
 
 // The env matrix: which tier each configuration lands on, and the diagnosis

@@ -1,7 +1,7 @@
 import net from 'node:net'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
-import { freePort, startRedisServer } from '../helpers/redis-server'
+import { freePort, startRedisServer } from '../../support/redis-server'
 import { DRIVERS, driverFor, startHarness, type Harness } from '../helpers/contract-harness'
 import { diagnose } from '../../lib/diagnose'
 import type { EnvInput } from '../../lib/config'

@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifySer
 import app, { type AppOptions } from '../../app'
 import { ROUTER_OPTIONS } from '../../lib/process-entry'
 import type { EnvInput } from '../../lib/config'
-import type { Teardown } from './redis-server'
+import type { Teardown } from '../../support/redis-server'
 
 export interface LogLine { level: number, msg: string, [key: string]: unknown }
 
@@ -45,12 +45,4 @@ export async function build (t: Teardown, env: EnvInput = {}, opts: BuildOptions
   }
 }
 
-/** Poll `check` until it returns true, or fail after `ms`. For conditions no event announces. */
-export async function eventually (check: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    if (await check()) return
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${ms} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
+export { eventually } from '../../support/eventually'

@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis'
-import { startRedisServer, type RedisServer, type Teardown } from './redis-server'
-import { startRestServer } from './rest-server'
+import { startRedisServer, type RedisServer, type Teardown } from '../../support/redis-server'
+import { startRestServer } from '../../support/rest-server'
 import { loadSettings, type EnvInput } from '../../lib/config'
 import { tcpTier } from '../../lib/tiers/tcp'
 import { restTier } from '../../lib/tiers/rest'

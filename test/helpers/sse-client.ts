@@ -1,4 +1,4 @@
-import type { Teardown } from './redis-server'
+import type { Teardown } from '../../support/redis-server'
 import { eventually } from './build'
 
 // A real streaming HTTP client for SSE tests (fetch reads the body as it

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { Redis } from 'ioredis'
-import { eventually } from './build'
+import { eventually } from './eventually'
 import { startRedisServer, type RedisServer, type Teardown } from './redis-server'
 
 // A real Redis Cluster on free loopback ports: `masters` redis-servers

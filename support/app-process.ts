@@ -2,13 +2,13 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import path from 'node:path'
 import type { Teardown } from './redis-server'
-import { eventually } from './build'
+import { eventually } from './eventually'
 
 // The demo server (server.ts) in its own process, so that a test can freeze it
 // with SIGSTOP and thaw it with SIGCONT, as a serverless platform or a laptop
 // lid does; the test runner itself is never stopped.
 
-const root = path.join(__dirname, '..', '..')
+const root = path.join(__dirname, '..')
 
 export interface AppProcess {
   child: ChildProcess

@@ -1,4 +1,4 @@
-import { startRestBridge, type RestBridge } from '../../tools/rest-bridge'
+import { startRestBridge, type RestBridge } from '../tools/rest-bridge'
 import type { RedisServer, Teardown } from './redis-server'
 
 // The Upstash-REST-compatible bridge in front of a harness redis-server; the
