@@ -383,6 +383,12 @@ function sharedSubscriber (redisUrl: string, max: number, nextToken: () => strin
       const gone = stream.kind === 'subscribe' ? redis?.unsubscribe(stream.target) : redis?.punsubscribe(stream.target)
       gone?.catch(() => {})
     }
+    if (streams.size === 0 && current !== undefined) {
+      // Nobody follows anything: the connection is not kept open for nothing (the next stream opens one).
+      const idle = current
+      current = undefined
+      idle.redis.disconnect()
+    }
   }
 
   async function join (res: http.ServerResponse, kind: Kind, target: string): Promise<void> {
