@@ -3,6 +3,7 @@ import http from 'node:http'
 import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { Redis } from 'ioredis'
+import { holdWhileReconnecting } from '../lib/tiers/tcp-reconnect'
 
 // An HTTP server that speaks the Upstash REST protocol in front of a real
 // Redis: what the tests use for the rest tier, and what developers of
@@ -446,8 +447,11 @@ function checkLimits (limits: Limits): void {
 }
 
 function connect (url: string, name: string, commandTimeout?: number): Redis {
-  const redis = new Redis(url, { protocol: 2, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, commandTimeout, connectionName: name })
+  const redis = new Redis(url, { protocol: 2, lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, autoResendUnfulfilledCommands: false, commandTimeout, connectionName: name })
   redis.on('error', () => {}) // a down Redis becomes an error body per request
+  // Upstash does not fail a request because its own connection to Redis sat idle: one that Redis
+  // closed for idleness (its `timeout`) is reconnected while the request waits, within its deadline.
+  holdWhileReconnecting(redis)
   return redis
 }
 
