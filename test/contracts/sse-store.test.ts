@@ -82,10 +82,19 @@ function sseContract (t: Test, impl: SseImplementation, commandsRun: () => Promi
 
   t.test(`${tier}: replay over several channels merges them by id and leaves out channels not asked for`, async (t) => {
     const { store } = await impl.open(t, HISTORY)
-    const a1 = await store.publish('a', '', '1')
-    const b1 = await store.publish('b', '', '2')
-    await store.publish('c', '', 'not asked for')
-    const a2 = await store.publish('a', '', '3')
+    // Ids of different channels are made by different streams: two events in
+    // the same millisecond share an id and their order is not defined. Each
+    // publish here waits for the clock to pass the previous id's millisecond.
+    const apart = async (channel: string, data: string): Promise<string> => {
+      const id = await store.publish(channel, '', data)
+      const ms = Number(id.split('-')[0])
+      while (Date.now() <= ms) await new Promise((resolve) => setImmediate(resolve))
+      return id
+    }
+    const a1 = await apart('a', '1')
+    const b1 = await apart('b', '2')
+    await apart('c', 'not asked for')
+    const a2 = await apart('a', '3')
     const replay = await store.replay(['a', 'b'], '0-0')
     t.same(replay.events.map((e) => [e.channel, e.id]), [['a', a1], ['b', b1], ['a', a2]])
     t.equal(replay.newest, a2, 'the newest of the channels asked for')
