@@ -1,0 +1,98 @@
+import { LRUCache } from 'lru-cache'
+import { InvalidInputError } from '../errors'
+import { withTimeout } from '../deadline'
+import { limitId, memoryRateLimitStore, type Algorithm, type Decision, type RateLimitRule, type RateLimitStore } from './store'
+
+// A decision never waits on Redis longer than its deadline, and an outage
+// never multiplies the limit by the number of instances:
+// - a key refused once is refused in memory until its window frees a slot
+//   (no round trip: a client hammering past its limit costs Redis nothing);
+// - when the store fails or is late, the declared policy decides: `local`
+//   counts in memory at the limit divided by the instances the fleet had the
+//   last time Redis told us, `open` allows, `closed` refuses with the reason.
+
+export type OutagePolicy = 'local' | 'open' | 'closed'
+
+export interface ConsumeOptions {
+  limit: number
+  /** Milliseconds. */
+  window: number
+  algorithm?: Algorithm
+}
+
+export interface RateLimitDecision extends Decision {
+  /** Who decided: the shared count, the local block list, or the outage policy. */
+  source: 'shared' | 'blocked' | 'local' | 'open' | 'closed'
+  /** Why a decision was not made on the shared count (the outage policy's reason). */
+  reason?: string
+}
+
+export interface LimiterOptions {
+  /** The store of the tier the feature is bound to now (memory included). */
+  store: () => RateLimitStore
+  /** Whether that store is shared by the fleet (tcp, rest) or is this process's own (memory). */
+  shared: () => boolean
+  timeoutMs: number
+  onOutage: OutagePolicy
+  /** Instances sharing the limit, as last seen (at least 1). */
+  instances: () => number
+  /** Told once per decision the shared store could not make. */
+  onStoreError?: (err: unknown) => void
+  now?: () => number
+}
+
+export const MAX_KEY_LENGTH = 512
+const MAX_LIMIT = 1_000_000_000
+
+export interface Limiter {
+  consume: (key: string, options: ConsumeOptions) => Promise<RateLimitDecision>
+  /** Keys refused in memory right now. */
+  blocked: () => number
+}
+
+export function validateConsume (key: unknown, options: ConsumeOptions): RateLimitRule {
+  if (typeof key !== 'string' || key.length === 0 || key.length > MAX_KEY_LENGTH) {
+    throw new InvalidInputError(`rate limit key: expected a string of 1-${MAX_KEY_LENGTH} characters`)
+  }
+  const { limit, window, algorithm = 'fixed-window' } = options
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_LIMIT) throw new InvalidInputError(`rate limit "limit": expected an integer from 1 to ${MAX_LIMIT}, got ${String(limit)}`)
+  if (!Number.isSafeInteger(window) || window < 1) throw new InvalidInputError(`rate limit "window": expected a whole number of milliseconds of at least 1, got ${String(window)}`)
+  if (algorithm !== 'fixed-window' && algorithm !== 'sliding-window') throw new InvalidInputError(`rate limit "algorithm": expected "fixed-window" or "sliding-window", got ${JSON.stringify(String(algorithm))}`)
+  return { limit, windowMs: window, algorithm }
+}
+
+export function createLimiter (opts: LimiterOptions): Limiter {
+  const now = opts.now ?? Date.now
+  // id + rule -> when the key may try again. Bounded: forgetting a key only costs it one round trip.
+  const blockedUntil = new LRUCache<string, number>({ max: 100_000 })
+  const local = memoryRateLimitStore()
+
+  async function onOutage (id: string, rule: RateLimitRule, at: number, reason: string): Promise<RateLimitDecision> {
+    if (opts.onOutage === 'open') return { allowed: true, limit: rule.limit, remaining: rule.limit, resetMs: rule.windowMs, source: 'open', reason }
+    if (opts.onOutage === 'closed') return { allowed: false, limit: rule.limit, remaining: 0, resetMs: rule.windowMs, source: 'closed', reason }
+    const share = Math.max(1, Math.floor(rule.limit / Math.max(1, opts.instances())))
+    const decision = await local.consume(id, { ...rule, limit: share }, at)
+    return { ...decision, source: 'local', reason }
+  }
+
+  return {
+    async consume (key, options) {
+      const rule = validateConsume(key, options)
+      const id = limitId(key)
+      const ruleKey = `${id}:${rule.algorithm}:${rule.limit}:${rule.windowMs}`
+      const at = now()
+      const until = blockedUntil.get(ruleKey)
+      if (until !== undefined && until > at) return { allowed: false, limit: rule.limit, remaining: 0, resetMs: until - at, source: 'blocked' }
+      let decision: Decision
+      try {
+        decision = await withTimeout(opts.store().consume(id, rule, at), opts.timeoutMs)
+      } catch (err) {
+        opts.onStoreError?.(err)
+        return await onOutage(id, rule, at, `the shared count did not answer within ${opts.timeoutMs} ms (${(err as Error).message})`)
+      }
+      if (!decision.allowed) blockedUntil.set(ruleKey, at + decision.resetMs, { ttl: decision.resetMs })
+      return { ...decision, source: opts.shared() ? 'shared' : 'local' }
+    },
+    blocked: () => blockedUntil.size
+  }
+}
