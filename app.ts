@@ -5,6 +5,7 @@ import cache, { type CachePluginOptions } from './plugins/cache'
 import sse, { type SsePluginOptions } from './plugins/sse'
 import presence, { type PresencePluginOptions } from './plugins/presence'
 import queues, { type QueuesPluginOptions } from './plugins/queues'
+import rateLimit, { type RateLimitPluginOptions } from './plugins/rate-limit'
 import { parseBooleanVariable } from './lib/config'
 import { ConfigError } from './lib/errors'
 import healthRoutes, { type HealthOptions } from './routes/health'
@@ -14,6 +15,7 @@ import cacheDemoRoutes from './routes/cache'
 import eventRoutes, { demoUserId } from './routes/events'
 import presenceRoutes from './routes/presence'
 import jobRoutes from './routes/jobs'
+import rateLimitDemoRoutes from './routes/rate-limit'
 import { quietOutages } from './routes/outage-errors'
 
 // The whole ecosystem as one Fastify plugin: mount it with
@@ -32,7 +34,7 @@ export interface AppOptions extends ConnectionsOptions {
    */
   presenceRoutes?: boolean
   /**
-   * Register the demo routes (/cache/demo, /events, /jobs/report and its `report` queue, /presence)
+   * Register the demo routes (/cache/demo, /events, /jobs/report and its `report` queue, /presence, /rate-limit/demo)
    * with the DEMO-ONLY `x-user-id` identity. Default: DEMO_ROUTES, else false.
    */
   demoRoutes?: boolean
@@ -51,6 +53,7 @@ export interface AppOptions extends ConnectionsOptions {
   sse?: SsePluginOptions
   presence?: PresencePluginOptions
   queues?: QueuesPluginOptions
+  rateLimit?: RateLimitPluginOptions
 }
 
 async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
@@ -68,6 +71,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   await fastify.register(sse, opts.sse ?? {})
   await fastify.register(presence, { ...opts.presence, identify })
   await fastify.register(queues, opts.queues ?? {})
+  await fastify.register(rateLimit, opts.rateLimit ?? {})
   // The routes share one encapsulated scope: its error handler keeps outages out of the host's error logs.
   await fastify.register(async (routes) => {
     quietOutages(routes)
@@ -78,6 +82,7 @@ async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
       await routes.register(cacheDemoRoutes)
       await routes.register(eventRoutes)
       await routes.register(jobRoutes)
+      await routes.register(rateLimitDemoRoutes)
     }
     if (withPresenceRoutes) await routes.register(presenceRoutes)
   })

@@ -12,6 +12,7 @@ export { default as cache } from './plugins/cache'
 export { default as sse } from './plugins/sse'
 export { default as presence } from './plugins/presence'
 export { default as queues } from './plugins/queues'
+export { default as rateLimit } from './plugins/rate-limit'
 export {
   ConfigError,
   DecoratorTakenError,
@@ -19,6 +20,7 @@ export {
   ForbiddenError,
   InvalidInputError,
   NotFoundError,
+  RateLimitedError,
   RedisRequiredError,
   UnauthorizedError
 } from './lib/errors'
@@ -33,6 +35,7 @@ export type { PresencePluginOptions, Presence, HeartbeatOptions, PresenceListene
 export type { PresenceEvent, PresenceEventType, PresenceEntry } from './lib/presence/store'
 export type { QueuesPluginOptions, Queues, QueuesStats, DefineOptions, ProgressChannel } from './plugins/queues'
 export type { JobContext, JobProgress, Processor, JobOptions, AddOptions, JobState, JobInfo, JobCounts, Repeat, ScheduleInfo, Backoff, KeepJobs } from './lib/queues/backend'
+export type { RateLimitPluginOptions, RateLimit, RateLimitConsumeOptions, RateLimitStats, RateLimitDecision, OutagePolicy, Algorithm, FastifyRateLimitStoreClass } from './plugins/rate-limit'
 export type { Bus, MessageHandler, Unsubscribe } from './lib/bus'
 export type { Tier, RedisTier, FeatureRequirement, Resolution } from './lib/resolve-tier'
 export type { OutageBehaviour } from './lib/feature-bindings'

@@ -18,6 +18,9 @@ export const ForbiddenError = createError<[string]>('REDIS_TIERS_FORBIDDEN', '%s
 /** Nothing under that name for this caller (404). */
 export const NotFoundError = createError<[string]>('REDIS_TIERS_NOT_FOUND', '%s', 404)
 
+/** A rate limit refused the request (429): the message says when to retry, as the Retry-After header does. */
+export const RateLimitedError = createError<[string]>('REDIS_TIERS_RATE_LIMITED', '%s', 429)
+
 /** Bad configuration: boot fails with this message, which names the variable and the fix. */
 export const ConfigError = createError<[string]>('REDIS_TIERS_CONFIG', '%s', 500)
 

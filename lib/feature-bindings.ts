@@ -128,7 +128,7 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     states,
     bind (requirement, rebind) {
       const declared = requirement.outage ?? 'unavailable'
-      const choice = parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
+      const choice = requirement.outageVariable === false ? undefined : parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
       if (choice === 'memory' && requirement.fallback !== 'memory') {
         throw new ConfigError(`Invalid configuration: ${envPrefix(requirement.feature)}_ON_OUTAGE=memory is not supported: the ${requirement.feature} feature cannot run in memory`)
       }

@@ -16,6 +16,8 @@ export interface FeatureRequirement {
    * on every tier. `<FEATURE>_ON_OUTAGE=memory` makes a memory-capable feature run in memory instead.
    */
   outage?: 'fail-open' | 'unavailable'
+  /** false: the feature reads `<FEATURE>_ON_OUTAGE` itself, with choices of its own (rate-limit's local, open, closed). */
+  outageVariable?: false
   /** What the feature does differently on a tier (e.g. queues on rest only produce): added to the reason. */
   notes?: Partial<Record<Tier, string>>
 }

@@ -52,7 +52,7 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
     t.equal(health.status, 'ok')
     t.match(health.tiers.tcp, { reachable: true, mode: 'cluster', masters: 3, down: [], shardedPubSub: true })
     t.ok(a.logs().some((l) => /^tier tcp: reachable at .* \(REDIS_URL, a Redis Cluster of 3 masters\)/.test(l.msg)), 'the boot report')
-    t.same((['cache', 'sse', 'presence', 'queues'] as const).map((f) => a.app.features[f].tier), ['tcp', 'tcp', 'tcp', 'tcp'])
+    t.same((['cache', 'sse', 'presence', 'queues', 'rate-limit'] as const).map((f) => a.app.features[f].tier), ['tcp', 'tcp', 'tcp', 'tcp', 'tcp'])
   })
 
   t.test('cache: entries spread over the masters; a write on A is a hit on B; tags and clear() across slots', async (t) => {

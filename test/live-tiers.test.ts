@@ -132,7 +132,7 @@ t.test('tcp: Redis 2 s late: within re-probe + hold-down + 1 s every feature is 
   await eventually(() => FEATURES.every((f) => app.features[f].tier === 'tcp'), 500 + 500 + 1000, 'every feature on tcp')
   t.ok(Date.now() - started <= 2000, `all on tcp ${Date.now() - started} ms after Redis started`)
   t.same(FEATURES.map((f) => [app.features[f].transitions, app[f].tier]), FEATURES.map(() => [1, 'tcp']), 'one move each, and the decorators say so')
-  t.same(moves.map((m) => `${m.feature}:${String(m.from)}->${String(m.to)}`).sort(), ['cache:memory->tcp', 'presence:memory->tcp', 'queues:null->tcp', 'sse:memory->tcp'])
+  t.same(moves.map((m) => `${m.feature}:${String(m.from)}->${String(m.to)}`).sort(), ['cache:memory->tcp', 'presence:memory->tcp', 'queues:null->tcp', 'rate-limit:memory->tcp', 'sse:memory->tcp'])
   t.ok(logs().some((l) => l.msg === 'feature cache: memory -> tcp (tcp is reachable again)'), 'one log line per move')
   const { id } = await app.queues.add('late', 7)
   await eventually(async () => (await app.queues.getJob('late', id))?.state === 'completed', 5000, 'the job ran')

@@ -47,7 +47,7 @@ t.test('/metrics on tcp: per-feature series, the live tier state, and no secret'
   const samples = parse(res.body)
   t.match(find(samples, 'redis_tiers_tier_up', { tier: 'tcp' }), { value: 1 })
   t.ok(find(samples, 'redis_tiers_tier_latency_milliseconds', { tier: 'tcp' }) !== undefined)
-  for (const feature of ['cache', 'sse', 'presence', 'queues']) t.match(find(samples, 'redis_tiers_feature_active', { feature }), { labels: { tier: 'tcp' }, value: 1 }, feature)
+  for (const feature of ['cache', 'sse', 'presence', 'queues', 'rate-limit']) t.match(find(samples, 'redis_tiers_feature_active', { feature }), { labels: { tier: 'tcp' }, value: 1 }, feature)
   t.match(find(samples, 'redis_tiers_cache_hits_total', { tier: 'tcp', level: 'l1' }), { value: 1 })
   t.match(find(samples, 'redis_tiers_cache_misses_total', { tier: 'tcp' }), { value: 1 })
   t.match(find(samples, 'redis_tiers_sse_events_total', { outcome: 'published' }), { value: 2 }, 'ours, and presence\'s join event for browsers')

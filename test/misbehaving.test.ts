@@ -175,7 +175,7 @@ t.test('rest, quota spent before boot: reachable but refusing, features bound to
   t.equal(boot[0].level, WARN)
   t.match(boot[0].msg, /^tier rest: reachable at .* but refusing commands: the Redis provider refuses every command at .*: its request quota is spent \(limit 500000, used 500000\); the endpoint is reachable and UPSTASH_REDIS_REST_TOKEN is accepted; Upstash counts requests per month .* Fix: move the database to a paid plan .* REDIS_DAILY_COMMAND_BUDGET=16129 .* and REDIS_BUDGET_GUARD=true$/)
   t.notMatch(built.logText(), /cannot reach/)
-  for (const feature of ['cache', 'sse', 'presence', 'queues']) t.match(app.features[feature], { status: 'active', tier: 'rest', reason: /refuses commands \(.*request quota is spent/ }, `${feature} is on rest, not a memory island`)
+  for (const feature of ['cache', 'sse', 'presence', 'queues', 'rate-limit']) t.match(app.features[feature], { status: 'active', tier: 'rest', reason: /refuses commands \(.*request quota is spent/ }, `${feature} is on rest, not a memory island`)
   const refused = await publish(app)
   t.equal(refused.statusCode, 503, 'sse: unavailable, as declared')
   t.match(refused.message, /rest refuses commands \(ERR max requests limit exceeded[^)]*\): the Redis provider .*request quota is spent.*REDIS_BUDGET_GUARD=true/)

@@ -14,7 +14,7 @@ const root = path.join(__dirname, '..')
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string }
 // The host installs the Fastify this repository is tested with (a peer dependency of the package).
 const fastifyVersion = (JSON.parse(readFileSync(path.join(root, 'node_modules/fastify/package.json'), 'utf8')) as { version: string }).version
-const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues']
+const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues', 'rate-limit']
 // A clean environment: no REDIS_URL or DEMO_ROUTES of the machine's reaches the host.
 const ENV: Record<string, string> = Object.fromEntries(['PATH', 'HOME', 'npm_config_cache', 'npm_config_registry'].flatMap((name) => process.env[name] === undefined ? [] : [[name, process.env[name]]]))
 

@@ -53,7 +53,7 @@ t.test('/status.json: every tier and feature with its figures and costs, and no 
   const s = res.json<StatusSnapshot>()
   t.equal(s.status, 'ok')
   t.match(s.tiers, [{ tier: 'tcp', configured: true, reachable: true, endpoint: `127.0.0.1:${redis.port}` }, { tier: 'rest', configured: false }])
-  t.same(s.features.map((f) => [f.feature, f.tier]), [['cache', 'tcp'], ['sse', 'tcp'], ['presence', 'tcp'], ['queues', 'tcp']])
+  t.same(s.features.map((f) => [f.feature, f.tier]), [['cache', 'tcp'], ['sse', 'tcp'], ['presence', 'tcp'], ['queues', 'tcp'], ['rate-limit', 'tcp']])
   t.match(s.figures, { cache: { hits: 1, misses: 1, hitRatio: 0.5 }, presence: { online: 1 }, queues: { report: { waiting: 0 } } })
   t.ok(s.commands.some((c) => c.feature === 'cache' && c.tier === 'tcp' && c.commands >= 5), 'commands per feature and tier')
   t.match(s.budget, { limit: 100000, guard: false })
@@ -109,7 +109,7 @@ t.test('in a real browser: every feature and its tier, live without a reload whe
   await page.goto(url)
 
   await page.waitForSelector('body[data-mode="live"]', { timeout: 10_000 })
-  for (const feature of ['cache', 'sse', 'presence', 'queues']) {
+  for (const feature of ['cache', 'sse', 'presence', 'queues', 'rate-limit']) {
     const card = page.locator(`[data-feature="${feature}"]`)
     t.equal(await card.getAttribute('data-on'), 'tcp', `${feature} on tcp`)
     t.match(await card.textContent(), new RegExp(`${feature}on tcp`), `${feature} says where it runs`)

@@ -31,7 +31,7 @@ t.test('tier selection and diagnoses', async (t) => {
     t.match(app.features.demo, { status: 'active', tier: 'memory', shared: false, reason: /no Redis configured.*per instance/ })
     t.match(app.features.jobs, { status: 'skipped', tier: null, reason: /jobs need a TCP Redis \(REDIS_URL\); no Redis configured/ })
     const report = logs().filter((l) => /^(tier|feature) /.test(l.msg))
-    t.same(report.map((l) => l.msg.split(':')[0]), ['tier tcp', 'tier rest', 'feature cache', 'feature sse', 'feature presence', 'feature queues', 'feature demo', 'feature jobs'], 'one boot report line per tier and per feature')
+    t.same(report.map((l) => l.msg.split(':')[0]), ['tier tcp', 'tier rest', 'feature cache', 'feature sse', 'feature presence', 'feature queues', 'feature rate-limit', 'feature demo', 'feature jobs'], 'one boot report line per tier and per feature')
     t.equal(logs().find((l) => l.msg.startsWith('feature demo'))?.level, 40, 'a memory-tier feature is warned about')
   })
 

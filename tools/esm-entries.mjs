@@ -14,7 +14,8 @@ const ENTRIES = {
   cache: 'plugins/cache',
   sse: 'plugins/sse',
   presence: 'plugins/presence',
-  queues: 'plugins/queues'
+  queues: 'plugins/queues',
+  'rate-limit': 'plugins/rate-limit'
 }
 
 const require = createRequire(join(process.cwd(), 'package.json'))

@@ -25,6 +25,8 @@ export interface RateLimitDecision extends Decision {
   source: 'shared' | 'blocked' | 'local' | 'open' | 'closed'
   /** Why a decision was not made on the shared count (the outage policy's reason). */
   reason?: string
+  /** Requests refused for this key in this window, as this instance saw them (0 when allowed). */
+  refused: number
 }
 
 export interface LimiterOptions {
@@ -63,16 +65,17 @@ export function validateConsume (key: unknown, options: ConsumeOptions): RateLim
 
 export function createLimiter (opts: LimiterOptions): Limiter {
   const now = opts.now ?? Date.now
-  // id + rule -> when the key may try again. Bounded: forgetting a key only costs it one round trip.
-  const blockedUntil = new LRUCache<string, number>({ max: 100_000 })
+  // id + rule -> when the key may try again, and how often it was refused meanwhile.
+  // Bounded: forgetting a key only costs it one round trip.
+  const blocked = new LRUCache<string, { until: number, refused: number }>({ max: 100_000 })
   const local = memoryRateLimitStore()
 
   async function onOutage (id: string, rule: RateLimitRule, at: number, reason: string): Promise<RateLimitDecision> {
-    if (opts.onOutage === 'open') return { allowed: true, limit: rule.limit, remaining: rule.limit, resetMs: rule.windowMs, source: 'open', reason }
-    if (opts.onOutage === 'closed') return { allowed: false, limit: rule.limit, remaining: 0, resetMs: rule.windowMs, source: 'closed', reason }
+    if (opts.onOutage === 'open') return { allowed: true, limit: rule.limit, remaining: rule.limit, resetMs: rule.windowMs, source: 'open', reason, refused: 0 }
+    if (opts.onOutage === 'closed') return { allowed: false, limit: rule.limit, remaining: 0, resetMs: rule.windowMs, source: 'closed', reason, refused: 1 }
     const share = Math.max(1, Math.floor(rule.limit / Math.max(1, opts.instances())))
     const decision = await local.consume(id, { ...rule, limit: share }, at)
-    return { ...decision, source: 'local', reason }
+    return { ...decision, source: 'local', reason, refused: decision.allowed ? 0 : 1 }
   }
 
   return {
@@ -81,8 +84,11 @@ export function createLimiter (opts: LimiterOptions): Limiter {
       const id = limitId(key)
       const ruleKey = `${id}:${rule.algorithm}:${rule.limit}:${rule.windowMs}`
       const at = now()
-      const until = blockedUntil.get(ruleKey)
-      if (until !== undefined && until > at) return { allowed: false, limit: rule.limit, remaining: 0, resetMs: until - at, source: 'blocked' }
+      const block = blocked.get(ruleKey)
+      if (block !== undefined && block.until > at) {
+        block.refused++
+        return { allowed: false, limit: rule.limit, remaining: 0, resetMs: block.until - at, source: 'blocked', refused: block.refused }
+      }
       let decision: Decision
       try {
         decision = await withTimeout(opts.store().consume(id, rule, at), opts.timeoutMs)
@@ -90,9 +96,9 @@ export function createLimiter (opts: LimiterOptions): Limiter {
         opts.onStoreError?.(err)
         return await onOutage(id, rule, at, `the shared count did not answer within ${opts.timeoutMs} ms (${(err as Error).message})`)
       }
-      if (!decision.allowed) blockedUntil.set(ruleKey, at + decision.resetMs, { ttl: decision.resetMs })
-      return { ...decision, source: opts.shared() ? 'shared' : 'local' }
+      if (!decision.allowed) blocked.set(ruleKey, { until: at + decision.resetMs, refused: 1 }, { ttl: decision.resetMs })
+      return { ...decision, source: opts.shared() ? 'shared' : 'local', refused: decision.allowed ? 0 : 1 }
     },
-    blocked: () => blockedUntil.size
+    blocked: () => blocked.size
   }
 }

@@ -41,6 +41,11 @@ export function limitId (key: string): string {
   return createHash('sha256').update(key).digest('base64url').slice(0, 22)
 }
 
+/** A rule's own counts: the same key under another window or algorithm counts apart (the limit is only where it refuses). */
+function ruleName (rule: RateLimitRule): string {
+  return `${rule.algorithm === 'fixed-window' ? 'f' : 's'}${rule.windowMs}`
+}
+
 interface Window {
   /** The window's number for this key (its start is index * windowMs + offset). */
   index: number
@@ -119,16 +124,16 @@ return { 1, previous, current, created }`, (_keys, reply) => {
 
 export function redisRateLimitStore (commands: RedisCommands, prefix: string): RateLimitStore {
   // The braces keep a sliding window's two keys in one cluster slot.
-  const key = (id: string, index: number): string => `${prefix}:rl:{${id}}:${index}`
+  const key = (id: string, rule: RateLimitRule, index: number): string => `${prefix}:rl:{${id}}:${ruleName(rule)}:${index}`
   return {
     async consume (id, rule, now) {
       const w = windowOf(id, rule.windowMs, now)
       if (rule.algorithm === 'fixed-window') {
-        const current = Number(await commands.eval(FIXED, [key(id, w.index)], [rule.windowMs]))
+        const current = Number(await commands.eval(FIXED, [key(id, rule, w.index)], [rule.windowMs]))
         return decide(rule, w, 0, current, current <= rule.limit)
       }
       // The previous window's count is read for a whole window after it ended.
-      const reply = await commands.eval(SLIDING, [key(id, w.index - 1), key(id, w.index)], [rule.limit, 1 - w.elapsed, 2 * rule.windowMs]) as number[]
+      const reply = await commands.eval(SLIDING, [key(id, rule, w.index - 1), key(id, rule, w.index)], [rule.limit, 1 - w.elapsed, 2 * rule.windowMs]) as number[]
       return decide(rule, w, Number(reply[1]), Number(reply[2]), Number(reply[0]) === 1)
     }
   }
@@ -137,7 +142,7 @@ export function redisRateLimitStore (commands: RedisCommands, prefix: string): R
 /** Memory tier: the same windows in this process, bounded (the least recently used keys are forgotten first). */
 export function memoryRateLimitStore (maxKeys = 100_000): RateLimitStore {
   const counts = new LRUCache<string, number>({ max: maxKeys, ttlAutopurge: false })
-  const key = (id: string, index: number): string => `${id}:${index}`
+  const key = (id: string, rule: RateLimitRule, index: number): string => `${id}:${ruleName(rule)}:${index}`
   const incr = (k: string, ttl: number): number => {
     const n = (counts.get(k) ?? 0) + 1
     counts.set(k, n, n === 1 ? { ttl } : { noUpdateTTL: true })
@@ -147,13 +152,13 @@ export function memoryRateLimitStore (maxKeys = 100_000): RateLimitStore {
     async consume (id, rule, now) {
       const w = windowOf(id, rule.windowMs, now)
       if (rule.algorithm === 'fixed-window') {
-        const current = incr(key(id, w.index), w.endsIn)
+        const current = incr(key(id, rule, w.index), w.endsIn)
         return decide(rule, w, 0, current, current <= rule.limit)
       }
-      const previous = counts.get(key(id, w.index - 1)) ?? 0
-      const current = counts.get(key(id, w.index)) ?? 0
+      const previous = counts.get(key(id, rule, w.index - 1)) ?? 0
+      const current = counts.get(key(id, rule, w.index)) ?? 0
       if (slidingCount(previous, current, w) >= rule.limit) return decide(rule, w, previous, current, false)
-      return decide(rule, w, previous, incr(key(id, w.index), w.endsIn + rule.windowMs), true)
+      return decide(rule, w, previous, incr(key(id, rule, w.index), w.endsIn + rule.windowMs), true)
     }
   }
 }
