@@ -12,7 +12,7 @@ import type { EnvInput } from '../lib/config'
 // joined by redis-cli --cluster create, two app instances on it. Kept in its
 // own file: it starts its own cluster (and one with replicas for failover).
 
-const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 3000, REDIS_COMMAND_TIMEOUT_MS: 1000, QUEUES_DRAIN_MS: 1000, CACHE_PREFIX: 'cl', SSE_PREFIX: 'cl', PRESENCE_PREFIX: 'cl', QUEUES_PREFIX: 'cl' }
+const BASE = { DEMO_ROUTES: true, REDIS_CONNECT_TIMEOUT_MS: 3000, REDIS_COMMAND_TIMEOUT_MS: 1000, QUEUES_DRAIN_MS: 1000, CACHE_PREFIX: 'cl', SSE_PREFIX: 'cl', PRESENCE_PREFIX: 'cl', QUEUES_PREFIX: 'cl', RATE_LIMIT_PREFIX: 'cl' }
 
 /** Keys under `match` on each master, by port. */
 async function keysPerMaster (cluster: RedisCluster, match: string): Promise<number[]> {
@@ -118,6 +118,18 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
     t.match(await b.app.presence.get('u1'), { userId: 'u1', status: 'here' })
     const keys = await keysPerMaster(cluster, '{cl:presence}:*')
     t.equal(keys.filter((n) => n > 0).length, 1, 'every presence key in one slot')
+  })
+
+  t.test('rate limit: exactly the limit across A and B, both algorithms, each key\'s windows in one slot', async (t) => {
+    for (const algorithm of ['fixed-window', 'sliding-window'] as const) {
+      for (let user = 0; user < 12; user++) {
+        const allowed: boolean[] = []
+        for (let i = 0; i < 5; i++) allowed.push((await (i % 2 === 0 ? a : b).app.rateLimiter.consume(`user:${user}`, { limit: 3, window: '1m', algorithm })).allowed)
+        t.same(allowed, [true, true, true, false, false], `${algorithm}, user ${user}`)
+      }
+    }
+    t.equal(a.app.rateLimiter.stats().storeErrors + b.app.rateLimiter.stats().storeErrors, 0, 'no CROSSSLOT or other store error')
+    t.ok((await keysPerMaster(cluster, 'cl:rl:{*')).filter((n) => n > 0).length >= 2, 'keys spread over the masters')
   })
 
   t.test('queues: a job added on A completes on a worker', async (t) => {
