@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import net from 'node:net'
 import { Redis as UpstashRedis } from '@upstash/redis'
+import { Ratelimit } from '@upstash/ratelimit'
 import { Redis } from 'ioredis'
 import { startRestBridge } from '../tools/rest-bridge'
 import { startRedisServer } from '../support/redis-server'
@@ -204,6 +205,25 @@ function harnessClient (t: Test, url: string): Redis {
   t.teardown(() => redis.disconnect())
   return redis
 }
+
+t.test('scripts flagged allow-key-locking (Upstash accepts the flag, Redis does not): @upstash/ratelimit runs through the bridge', async (t) => {
+  const redis = await startRedisServer(t)
+  const bridge = await startRestServer(t, redis)
+  const upstash = new UpstashRedis({ url: bridge.url, token: bridge.token, retry: false, enableTelemetry: false })
+  for (const [name, algorithm] of [['fixed', Ratelimit.fixedWindow(2, '60 s')], ['sliding', Ratelimit.slidingWindow(2, '60 s')]] as const) {
+    const limiter = new Ratelimit({ redis: upstash, limiter: algorithm, prefix: `rl-${name}`, analytics: false, ephemeralCache: false })
+    const decisions = []
+    for (let i = 0; i < 3; i++) decisions.push((await limiter.limit('client')).success)
+    t.same(decisions, [true, true, false], `${name} window: two allowed, the third refused`)
+  }
+  const admin = harnessClient(t, redis.url)
+  const stats = await admin.info('commandstats')
+  t.match(stats, /^cmdstat_eval:calls=2,/m, 'each script sent whole once, after its first NOSCRIPT')
+  t.match(stats, /^cmdstat_evalsha:calls=6,.*failed_calls=2$/m, 'every later call is an EVALSHA of the client\'s own sha1, run as the script Redis loaded without the flag')
+  const flagged = '#!lua flags=allow-key-locking,no-writes\nreturn redis.call("GET", KEYS[1])'
+  t.equal(await upstash.eval(flagged, ['rl-none'], []), null, 'the flags Redis knows are kept')
+  t.equal(await upstash.eval('#!lua flags=allow-key-locking\nreturn 1', [], []), 1, 'a script with only that flag')
+})
 
 t.test('the bridge refuses the administrative commands Upstash refuses', async (t) => {
   const redis = await startRedisServer(t)

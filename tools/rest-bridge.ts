@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import http from 'node:http'
-import { timingSafeEqual } from 'node:crypto'
+import { createHash, timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { Redis } from 'ioredis'
 import { holdWhileReconnecting } from '../lib/tiers/tcp-reconnect'
@@ -122,6 +122,44 @@ function checkSupported (args: string[]): void {
   }
   const refused = refusedName(args)
   if (refused !== undefined) throw new BadRequest(`ERR Command is not available: '${refused.toUpperCase()}'`)
+}
+
+// Upstash accepts the script flag `allow-key-locking` (@upstash/ratelimit's
+// scripts open with `#!lua flags=allow-key-locking`); Redis knows no such
+// flag and refuses the script. The bridge drops it before Redis sees it, and
+// keeps the client's sha1 working: EVALSHA of the script as the client wrote
+// it runs the script as Redis loaded it (SCRIPT LOAD loads it without the
+// flag too; its answer is the sha1 of what Redis has, which works as well).
+const UPSTASH_ONLY_FLAG = /^(#!lua[^\n]*?flags=)([^\s\n]*)/
+
+function scriptFlags (): (args: string[]) => string[] {
+  const loaded = new Map<string, string>() // the client's sha1 -> the sha1 of what Redis has
+  const sha1 = (source: string): string => createHash('sha1').update(source).digest('hex')
+  const strip = (source: string): string | undefined => {
+    const match = UPSTASH_ONLY_FLAG.exec(source)
+    if (match === null || !match[2].split(',').includes('allow-key-locking')) return undefined
+    const kept = match[2].split(',').filter((f) => f !== 'allow-key-locking' && f !== '')
+    const stripped = kept.length > 0 ? source.replace(UPSTASH_ONLY_FLAG, `$1${kept.join(',')}`) : source.replace(/^#!lua[^\n]*/, '#!lua')
+    if (loaded.size >= 10_000) loaded.clear()
+    loaded.set(sha1(source), sha1(stripped))
+    return stripped
+  }
+  return (args) => {
+    const name = args[0].toLowerCase()
+    if ((name === 'eval' || name === 'eval_ro') && args.length > 1) {
+      const stripped = strip(args[1])
+      return stripped === undefined ? args : [args[0], stripped, ...args.slice(2)]
+    }
+    if ((name === 'evalsha' || name === 'evalsha_ro') && args.length > 1) {
+      const sha = loaded.get(args[1].toLowerCase())
+      return sha === undefined ? args : [args[0], sha, ...args.slice(2)]
+    }
+    if (name === 'script' && args[1]?.toLowerCase() === 'load' && args.length === 3) {
+      const stripped = strip(args[2])
+      return stripped === undefined ? args : [args[0], args[1], stripped]
+    }
+    return args
+  }
 }
 
 function toArgs (raw: unknown): string[] {
@@ -474,6 +512,7 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
   // One token per answer, taken when that answer is written; seeded from the clock so that a restarted bridge still moves forward.
   let lastToken = Date.now()
   const nextToken = (): string => String(++lastToken)
+  const scripts = scriptFlags()
   const subscriptions = sharedSubscriber(opts.redisUrl, limits.maxSubscriptions, nextToken)
 
   function send (res: http.ServerResponse, status: number, body: unknown): void {
@@ -485,14 +524,14 @@ export async function startRestBridge (opts: RestBridgeOptions): Promise<RestBri
   async function answer (first: string | undefined, segments: string[], body: string, base64: boolean): Promise<Entry | Entry[]> {
     const budget: Budget = { left: limits.maxAnswerBytes, limit: limits.maxAnswerBytes }
     if (first === 'pipeline' || first === 'multi-exec') {
-      const commands = parseBatch(body)
+      const commands = parseBatch(body).map(scripts)
       if (first === 'pipeline') requests.pipeline++
       else requests.multiExec++
       const run = first === 'pipeline' ? runPipeline : runTransaction
       return await killingRunawayScripts(commands, admin, limits.scriptTimeoutMs,
         async () => await onLeastBusy(pool, async (redis) => await run(redis, commands, base64, budget)))
     }
-    const args = segments.length > 0 ? (body !== '' ? [...segments, body] : segments) : toArgs(JSON.parse(body))
+    const args = scripts(segments.length > 0 ? (body !== '' ? [...segments, body] : segments) : toArgs(JSON.parse(body)))
     checkSupported(args)
     requests.command++
     return await killingRunawayScripts([args], admin, limits.scriptTimeoutMs,
