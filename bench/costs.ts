@@ -62,6 +62,10 @@ const OPERATIONS: Operation[] = [
   { name: 'presence heartbeat, join (+ its sse event)', features: ['presence', 'sse'], op: async (app, r) => await app.presence.heartbeat(`join${r}`) },
   { name: 'presence heartbeat, already online', features: ['presence', 'sse'], op: async (app) => await app.presence.heartbeat('steady') },
   { name: 'presence count / get / list (each)', features: ['presence'], op: async (app) => await app.presence.count() },
+  { name: 'rate limit, fixed window, a window\'s first', features: ['rate-limit'], op: async (app, r) => await app.rateLimiter.consume(`new${r}`, { limit: 10, window: '1m' }) },
+  { name: 'rate limit, fixed window, within a window', features: ['rate-limit'], op: async (app) => await app.rateLimiter.consume('steady', { limit: 1e6, window: '1m' }) },
+  { name: 'rate limit, sliding window, a window\'s first', features: ['rate-limit'], op: async (app, r) => await app.rateLimiter.consume(`new${r}`, { limit: 10, window: '1m', algorithm: 'sliding-window' }) },
+  { name: 'rate limit, sliding window, within a window', features: ['rate-limit'], op: async (app) => await app.rateLimiter.consume('steady', { limit: 1e6, window: '1m', algorithm: 'sliding-window' }) },
   { name: 'queues add (producer)', features: ['queues'], op: async (app, r) => await app.queues.add('bench', { r }) },
   { name: '/health (PING per tier in use, and queue counts)', features: ['connections', 'queues'], op: async (app) => await app.inject('/health') }
 ]

@@ -6,9 +6,10 @@ import { run as sse } from './sse'
 import { run as presence } from './presence'
 import { run as queues } from './queues'
 import { run as costs } from './costs'
+import { run as rateLimit } from './rate-limit'
 
 // `npm run bench` runs every benchmark; `npm run bench -- cache` one of them.
-const benches: Record<string, () => Promise<void>> = { boot, connections, cluster, cache, sse, presence, queues, costs }
+const benches: Record<string, () => Promise<void>> = { boot, connections, cluster, cache, sse, presence, queues, 'rate-limit': rateLimit, costs }
 
 async function main (): Promise<void> {
   const wanted = process.argv.slice(2)

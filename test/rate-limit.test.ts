@@ -104,6 +104,24 @@ t.test('RATE_LIMIT_ON_OUTAGE: invalid values fail boot naming the variable', asy
   await t.rejects(build(t, { RATE_LIMIT_ALGORITHM: 'leaky-bucket' }), /RATE_LIMIT_ALGORITHM/)
 })
 
+t.test('a Redis that stops answering (paused): each decision falls back within RATE_LIMIT_TIMEOUT_MS, and the shared count resumes', async (t) => {
+  const redis = await startRedisServer(t)
+  const { app } = await build(t, { ...BASE, REDIS_URL: redis.url, RATE_LIMIT_TIMEOUT_MS: 100, REDIS_COMMAND_TIMEOUT_MS: 5000 })
+  t.equal((await app.rateLimiter.consume('k', { limit: 10, window: '1m' })).source, 'shared')
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const times: number[] = []
+  for (let i = 0; i < 5; i++) {
+    const started = performance.now()
+    const decision = await app.rateLimiter.consume('k', { limit: 10, window: '1m' })
+    times.push(performance.now() - started)
+    t.match(decision, { allowed: true, source: 'local', reason: /did not answer within 100 ms/ })
+  }
+  t.ok(Math.max(...times) < 100 + 150, `every decision within the deadline and a little (${times.map((ms) => ms.toFixed(0)).join(', ')} ms)`)
+  redis.resume()
+  await eventually(async () => (await app.rateLimiter.consume('k', { limit: 10, window: '1m' })).source === 'shared', 10_000, 'the shared count is used again')
+})
+
 t.test('Redis killed under load on three instances', async (t) => {
   const LIMIT = 30
   for (const policy of ['local', 'open', 'closed'] as const) {

@@ -1,6 +1,5 @@
 import { LRUCache } from 'lru-cache'
 import { InvalidInputError } from '../errors'
-import { withTimeout } from '../deadline'
 import { limitId, memoryRateLimitStore, type Algorithm, type Decision, type RateLimitRule, type RateLimitStore } from './store'
 
 // A decision never waits on Redis longer than its deadline, and an outage
@@ -30,10 +29,15 @@ export interface RateLimitDecision extends Decision {
 }
 
 export interface LimiterOptions {
-  /** The store of the tier the feature is bound to now (memory included). */
+  /**
+   * The store of the tier the feature is bound to now (memory included). It
+   * bounds its own calls: the Redis stores' commands carry the deadline
+   * (RATE_LIMIT_TIMEOUT_MS), so a decision needs no timer of its own.
+   */
   store: () => RateLimitStore
   /** Whether that store is shared by the fleet (tcp, rest) or is this process's own (memory). */
   shared: () => boolean
+  /** The store's deadline, named in the reason of a decision it missed. */
   timeoutMs: number
   onOutage: OutagePolicy
   /** Instances sharing the limit, as last seen (at least 1). */
@@ -63,12 +67,25 @@ export function validateConsume (key: unknown, options: ConsumeOptions): RateLim
   return { limit, windowMs: window, algorithm }
 }
 
+/** Why the shared count could not decide, in words a 503 or a log line can carry. */
+function failure (err: Error, timeoutMs: number): string {
+  const late = (err as { code?: string }).code === 'ETIMEDOUT' || /timed out|did not answer/i.test(err.message)
+  return late ? `the shared count did not answer within ${timeoutMs} ms (RATE_LIMIT_TIMEOUT_MS)` : `the shared count failed (${err.message})`
+}
+
 export function createLimiter (opts: LimiterOptions): Limiter {
   const now = opts.now ?? Date.now
   // id + rule -> when the key may try again, and how often it was refused meanwhile.
   // Bounded: forgetting a key only costs it one round trip.
   const blocked = new LRUCache<string, { until: number, refused: number }>({ max: 100_000 })
   const local = memoryRateLimitStore()
+  // A hot key's hash is computed once, not per decision.
+  const ids = new LRUCache<string, string>({ max: 10_000 })
+  const idOf = (key: string): string => {
+    let id = ids.get(key)
+    if (id === undefined) ids.set(key, id = limitId(key))
+    return id
+  }
 
   async function onOutage (id: string, rule: RateLimitRule, at: number, reason: string): Promise<RateLimitDecision> {
     if (opts.onOutage === 'open') return { allowed: true, limit: rule.limit, remaining: rule.limit, resetMs: rule.windowMs, source: 'open', reason, refused: 0 }
@@ -81,7 +98,7 @@ export function createLimiter (opts: LimiterOptions): Limiter {
   return {
     async consume (key, options) {
       const rule = validateConsume(key, options)
-      const id = limitId(key)
+      const id = idOf(key)
       const ruleKey = `${id}:${rule.algorithm}:${rule.limit}:${rule.windowMs}`
       const at = now()
       const block = blocked.get(ruleKey)
@@ -91,10 +108,10 @@ export function createLimiter (opts: LimiterOptions): Limiter {
       }
       let decision: Decision
       try {
-        decision = await withTimeout(opts.store().consume(id, rule, at), opts.timeoutMs)
+        decision = await opts.store().consume(id, rule, at)
       } catch (err) {
         opts.onStoreError?.(err)
-        return await onOutage(id, rule, at, `the shared count did not answer within ${opts.timeoutMs} ms (${(err as Error).message})`)
+        return await onOutage(id, rule, at, failure(err as Error, opts.timeoutMs))
       }
       if (!decision.allowed) blocked.set(ruleKey, { until: at + decision.resetMs, refused: 1 }, { ttl: decision.resetMs })
       return { ...decision, source: opts.shared() ? 'shared' : 'local', refused: decision.allowed ? 0 : 1 }
