@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import fastifyRateLimit from '@fastify/rate-limit'
 import { Ratelimit } from '@upstash/ratelimit'
 import { Redis as UpstashRedis } from '@upstash/redis'
@@ -27,35 +27,43 @@ interface Contender { name: string, app: FastifyInstance }
 
 const clientOf = (request: { headers: Record<string, unknown> }): string => String(request.headers['x-client'])
 
-/** Ours: @fastify/rate-limit's route options and headers over fastify.rateLimiter.store. */
-async function ours (env: EnvInput): Promise<FastifyInstance> {
+/**
+ * Every contender is the same app (this package with only the rate-limit
+ * feature on) with GET /r behind its limiter, so that the ratios compare
+ * limiters, not the hooks of the app around them.
+ */
+async function withRoute (env: EnvInput, route: (scope: FastifyInstance) => Promise<void>): Promise<FastifyInstance> {
   return await bootApp({ ...env, ...ONLY_RATE_LIMIT, RATE_LIMIT_PREFIX: `bench-rl-${Math.random().toString(36).slice(2)}` }, (f) => {
-    void f.register(async (scope) => {
-      await scope.register(fastifyRateLimit, { global: false, store: scope.rateLimiter.store, keyGenerator: clientOf })
-      scope.get('/r', ROUTE, async () => ({ ok: true }))
-    })
+    void f.register(route)
   }, { demoRoutes: false })
 }
 
+/** Ours: @fastify/rate-limit's route options and headers over fastify.rateLimiter.store. */
+async function ours (env: EnvInput): Promise<FastifyInstance> {
+  return await withRoute(env, async (scope) => {
+    await scope.register(fastifyRateLimit, { global: false, store: scope.rateLimiter.store, keyGenerator: clientOf })
+    scope.get('/r', ROUTE, async () => ({ ok: true }))
+  })
+}
+
+/** @fastify/rate-limit with its own store: local (no client given) or ioredis. */
 async function fastifyRateLimitApp (redis?: Redis): Promise<FastifyInstance> {
-  const app = Fastify()
-  await app.register(fastifyRateLimit, { global: false, keyGenerator: clientOf, ...(redis === undefined ? {} : { redis, nameSpace: 'bench-frl-' }) })
-  app.get('/r', ROUTE, async () => ({ ok: true }))
-  await app.ready()
-  return app
+  return await withRoute({}, async (scope) => {
+    await scope.register(fastifyRateLimit, { global: false, keyGenerator: clientOf, ...(redis === undefined ? {} : { redis, nameSpace: 'bench-frl-' }) })
+    scope.get('/r', ROUTE, async () => ({ ok: true }))
+  })
 }
 
 async function upstashRatelimitApp (url: string, token: string): Promise<FastifyInstance> {
   const limiter = new Ratelimit({ redis: new UpstashRedis({ url, token, enableTelemetry: false }), limiter: Ratelimit.fixedWindow(LIMIT, '60 s'), prefix: 'bench-url', analytics: false, ephemeralCache: false })
-  const app = Fastify()
-  app.get('/r', async (request, reply) => {
-    const { success, limit, remaining } = await limiter.limit(clientOf(request))
-    reply.header('x-ratelimit-limit', limit).header('x-ratelimit-remaining', remaining)
-    if (!success) return await reply.code(429).send({ error: 'Too Many Requests' })
-    return { ok: true }
+  return await withRoute({}, async (scope) => {
+    scope.get('/r', async (request, reply) => {
+      const { success, limit, remaining } = await limiter.limit(clientOf(request))
+      reply.header('x-ratelimit-limit', limit).header('x-ratelimit-remaining', remaining)
+      if (!success) return await reply.code(429).send({ error: 'Too Many Requests' })
+      return { ok: true }
+    })
   })
-  await app.ready()
-  return app
 }
 
 interface Run { rps: number, p99: number }
@@ -114,6 +122,7 @@ export async function run (): Promise<void> {
   const redis = await startRedisServer(cleanups)
   const rest = await startRestServer(cleanups, redis)
   const admin = new Redis(redis.url)
+  admin.on('error', (err: Error) => process.stderr.write(`the bench's admin client: ${err.message}\n`))
   const apps: FastifyInstance[] = []
   const keep = (app: FastifyInstance): FastifyInstance => { apps.push(app); return app }
   try {
@@ -122,6 +131,7 @@ export async function run (): Promise<void> {
       { name: '@fastify/rate-limit, local store', app: keep(await fastifyRateLimitApp()) },
       { name: 'ours (memory tier)', app: keep(await ours({})) }, { p99: 1 })
     const ioredis = new Redis(redis.url)
+    ioredis.on('error', (err: Error) => process.stderr.write(`@fastify/rate-limit's ioredis client: ${err.message}\n`))
     cleanups.teardown(() => ioredis.disconnect())
     await pair('tcp',
       { name: '@fastify/rate-limit, ioredis store', app: keep(await fastifyRateLimitApp(ioredis)) },

@@ -122,6 +122,17 @@ t.test('a Redis that stops answering (paused): each decision falls back within R
   await eventually(async () => (await app.rateLimiter.consume('k', { limit: 10, window: '1m' })).source === 'shared', 10_000, 'the shared count is used again')
 })
 
+t.test('RATE_LIMIT_ON_OUTAGE=closed through @fastify/rate-limit: a 503 with the reason, no address in it', async (t) => {
+  const redis = await startRedisServer(t)
+  const app = await limitedApp(t, { ...BASE, REDIS_URL: redis.url, RATE_LIMIT_ON_OUTAGE: 'closed' })
+  t.equal((await app.inject({ url: '/limited', headers: { 'x-client': 'c' } })).statusCode, 200)
+  await redis.stop()
+  const res = await app.inject({ url: '/limited', headers: { 'x-client': 'c' } })
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { code: 'REDIS_TIERS_FEATURE_UNAVAILABLE', message: /rate-?[lL]imit.*shared count/ })
+  t.notMatch(res.body, /127\.0\.0\.1|\d{4,5}/, 'no address or port')
+})
+
 t.test('Redis killed under load on three instances', async (t) => {
   const LIMIT = 30
   for (const policy of ['local', 'open', 'closed'] as const) {

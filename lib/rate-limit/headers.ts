@@ -1,7 +1,7 @@
 import type { Decision } from './store'
 
 // The headers @fastify/rate-limit sends, for routes that call
-// `fastify.rateLimit.consume()` themselves: `x-ratelimit-*` by default, the
+// `fastify.rateLimiter.consume()` themselves: `x-ratelimit-*` by default, the
 // IETF draft's `ratelimit-*` with `draft: true`; `retry-after` on a refusal.
 // Seconds, rounded up, as theirs.
 
