@@ -11,7 +11,8 @@ import { envPrefix, resolveTier, type FeatureRequirement, type RedisTier, type R
 // memory and is promoted back. Every move is applied by the feature's own
 // rebind callback first, then recorded, logged once and announced.
 
-export type OutageBehaviour = 'fail-open' | 'unavailable' | 'memory'
+/** What a feature does while its tier is down; local, open and closed are a feature's own per-call policy (`outagePolicy`). */
+export type OutageBehaviour = 'fail-open' | 'unavailable' | 'memory' | 'local' | 'open' | 'closed'
 
 /** A move whose rebind failed is tried again after this long. */
 const RETRY_MS = 1000
@@ -128,7 +129,7 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     states,
     bind (requirement, rebind) {
       const declared = requirement.outage ?? 'unavailable'
-      const choice = requirement.outageVariable === false ? undefined : parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
+      const choice = requirement.outagePolicy ?? parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
       if (choice === 'memory' && requirement.fallback !== 'memory') {
         throw new ConfigError(`Invalid configuration: ${envPrefix(requirement.feature)}_ON_OUTAGE=memory is not supported: the ${requirement.feature} feature cannot run in memory`)
       }

@@ -16,8 +16,12 @@ export interface FeatureRequirement {
    * on every tier. `<FEATURE>_ON_OUTAGE=memory` makes a memory-capable feature run in memory instead.
    */
   outage?: 'fail-open' | 'unavailable'
-  /** false: the feature reads `<FEATURE>_ON_OUTAGE` itself, with choices of its own (rate-limit's local, open, closed). */
-  outageVariable?: false
+  /**
+   * The feature decides each call by a policy of its own while its tier fails, read from
+   * `<FEATURE>_ON_OUTAGE` by the feature itself (rate-limit's local, open, closed): the binding
+   * stays on its tier, and the boot report and /health name the policy.
+   */
+  outagePolicy?: 'local' | 'open' | 'closed'
   /** What the feature does differently on a tier (e.g. queues on rest only produce): added to the reason. */
   notes?: Partial<Record<Tier, string>>
 }

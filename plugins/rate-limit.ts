@@ -19,7 +19,7 @@ export type { RateLimitDecision, OutagePolicy, Algorithm, FastifyRateLimitStoreC
 // Its outage behaviour is its own RATE_LIMIT_ON_OUTAGE policy (local, open,
 // closed), applied per decision within RATE_LIMIT_TIMEOUT_MS: the binding
 // stays where it is and a failed call is decided by the policy.
-export const rateLimitRequirement: FeatureRequirement = { feature: 'rate-limit', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'RATE_LIMIT_ENABLED', outage: 'fail-open', outageVariable: false }
+export const rateLimitRequirement: FeatureRequirement = { feature: 'rate-limit', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'RATE_LIMIT_ENABLED', outage: 'fail-open' }
 
 export interface RateLimitPluginOptions {
   /** Key namespace; overrides RATE_LIMIT_PREFIX (default: the name in package.json). */
@@ -76,7 +76,7 @@ async function rateLimitPlugin (fastify: FastifyInstance, opts: RateLimitPluginO
     const commands = connections.commands(resolution.tier, settings.timeoutMs, 'rate-limit')
     return { resolution, commands, store: commands === null ? memoryRateLimitStore() : redisRateLimitStore(commands, prefix) }
   }
-  let binding = bindTo(connections.resolve(rateLimitRequirement, async (next) => { binding = bindTo(next) }))
+  let binding = bindTo(connections.resolve({ ...rateLimitRequirement, outagePolicy: settings.onOutage }, async (next) => { binding = bindTo(next) }))
 
   const fleet = fleetCount(() => binding.commands, `${prefix}:rl:instances`, randomUUID(), settings.instancesRefreshMs)
   const pending = new Set<Promise<void>>()
@@ -117,7 +117,7 @@ async function rateLimitPlugin (fastify: FastifyInstance, opts: RateLimitPluginO
     stats: () => ({ ...stats, by: { ...stats.by }, instances: fleet.count() })
   }
 
-  connections.describe('rate-limit', () => ({ algorithm: settings.algorithm, onOutage: settings.onOutage, timeoutMs: settings.timeoutMs, stats: rateLimit.stats() }))
+  connections.describe('rate-limit', () => ({ algorithm: settings.algorithm, timeoutMs: settings.timeoutMs, stats: rateLimit.stats() }))
   fastify.decorate('rateLimiter', rateLimit)
   fastify.addHook('onClose', async () => {
     await Promise.allSettled([...pending])

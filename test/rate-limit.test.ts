@@ -125,6 +125,7 @@ t.test('a Redis that stops answering (paused): each decision falls back within R
 t.test('RATE_LIMIT_ON_OUTAGE=closed through @fastify/rate-limit: a 503 with the reason, no address in it', async (t) => {
   const redis = await startRedisServer(t)
   const app = await limitedApp(t, { ...BASE, REDIS_URL: redis.url, RATE_LIMIT_ON_OUTAGE: 'closed' })
+  t.match(app.features['rate-limit'], { tier: 'tcp', outage: 'closed' }, 'the policy is the outage behaviour /health and the boot report name')
   t.equal((await app.inject({ url: '/limited', headers: { 'x-client': 'c' } })).statusCode, 200)
   await redis.stop()
   const res = await app.inject({ url: '/limited', headers: { 'x-client': 'c' } })
