@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import type { TcpClient } from '../lib/tiers/tcp'
+import type { TcpClient } from '../lib/tiers/tcp-client'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
 import type { TargetResult } from '../lib/targets'
