@@ -1,8 +1,17 @@
 import { parseBooleanVariable, parseChoiceVariable, type ReadVariable } from './config'
+import { registeredTiers, tierDefinition } from './tiers/registry'
 
-export type Tier = 'tcp' | 'rest' | 'memory'
-export type RedisTier = Exclude<Tier, 'memory'>
-export const TIERS: readonly Tier[] = ['tcp', 'rest', 'memory']
+/**
+ * The Redis tiers by name (the values mean nothing). A tier added in lib/tiers/ declares its name
+ * here by declaration merging, so that `RedisTier` and `Tier` stay unions of names for hosts too.
+ */
+export interface RedisTiers {
+  tcp: true
+  rest: true
+}
+
+export type RedisTier = keyof RedisTiers
+export type Tier = RedisTier | 'memory'
 
 /** What a feature plugin declares: the tiers it accepts in order of preference, and what it does without them. */
 export interface FeatureRequirement {
@@ -39,10 +48,7 @@ export interface TierAvailability {
   refusing?: string
 }
 
-const TIER_LABEL: Record<RedisTier, string> = {
-  tcp: 'a TCP Redis (REDIS_URL)',
-  rest: 'Upstash REST (UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN)'
-}
+const label = (tier: RedisTier): string => tierDefinition(tier)?.label ?? tier
 
 /** CACHE for cache: the prefix of a feature's own variables (CACHE_TIER, CACHE_ENABLED). */
 export function envPrefix (feature: string): string {
@@ -67,11 +73,11 @@ export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, T
   if (!parseBooleanVariable(read, req.flag, true)) return skipped(`disabled by ${req.flag}=${read(req.flag) ?? ''}`)
 
   const tierVariable = `${envPrefix(feature)}_TIER`
-  const forced = parseChoiceVariable(read, tierVariable, TIERS)
+  const forced = parseChoiceVariable<Tier>(read, tierVariable, [...registeredTiers().map((d) => d.tier), 'memory'])
   if (forced === 'memory') {
     return req.fallback === 'memory'
       ? active('memory', `forced by ${tierVariable}=memory; state is per instance and lost on restart`)
-      : skipped(`${tierVariable}=memory is not supported: the ${feature} feature needs ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}`)
+      : skipped(`${tierVariable}=memory is not supported: the ${feature} feature needs ${req.tiers.map((t) => label(t)).join(' or ')}`)
   }
   if (forced !== undefined) {
     if (!req.tiers.includes(forced)) return skipped(`${tierVariable}=${forced} is not supported: the ${feature} feature runs on ${req.tiers.join(', ')}`)
@@ -89,13 +95,13 @@ export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, T
   const why = whyNoTier(req, tiers)
   return req.fallback === 'memory'
     ? active('memory', `${why}; running in memory: per instance, lost on restart`)
-    : skipped(`${feature} need${feature.endsWith('s') ? '' : 's'} ${req.tiers.map((t) => TIER_LABEL[t]).join(' or ')}; ${why}`)
+    : skipped(`${feature} need${feature.endsWith('s') ? '' : 's'} ${req.tiers.map((t) => label(t)).join(' or ')}; ${why}`)
 }
 
 function whyNoTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>): string {
   const broken = req.tiers.filter((t) => tiers[t].configured)
   if (broken.length > 0) return broken.map((t) => `${t} unreachable: ${tiers[t].diagnosis ?? 'probe failed'}`).join('; ')
   const others = (Object.keys(tiers) as RedisTier[]).filter((t) => !req.tiers.includes(t) && tiers[t].configured)
-  if (others.length > 0) return `only ${others.map((t) => TIER_LABEL[t]).join(' and ')} is configured`
+  if (others.length > 0) return `only ${others.map((t) => label(t)).join(' and ')} is configured`
   return 'no Redis configured'
 }

@@ -1,13 +1,13 @@
 import { once } from 'node:events'
 import type { Cluster, ClusterNode, ClusterOptions, RedisOptions } from 'ioredis'
 import calculateSlot from 'cluster-key-slot'
-import type { ConnectionSettings } from '../config'
-import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
+import type { ReadVariable } from '../config'
+import type { DiagnosisContext, Failure } from '../diagnose'
+import { clusterSeeds, tcpSettings, tcpTarget, type TcpTarget } from './tcp-target'
 import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
-import type { CommandObserver, LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
+import type { CommandObserver, LiveSignals, ProbeResult, TargetResult, TierDefinition, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
-import { ProbeTimeout } from '../diagnose'
-import { ConfigError } from '../errors'
+import { ProbeTimeout } from '../errors'
 import { withTimeout } from '../deadline'
 import { reduceRedisError } from '../redact'
 import { holdWhileReconnecting } from './tcp-reconnect'
@@ -141,16 +141,6 @@ async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: 
     cluster.disconnect()
     return { ok: false, error: deadline.aborted ? new ProbeTimeout('probe timed out') : (err as Error) }
   }
-}
-
-/** REDIS_CLUSTER_NODES: `host:port,host:port`; a malformed entry is an error naming it. */
-export function clusterSeeds (raw: string | undefined): ClusterNode[] {
-  if (raw === undefined) return []
-  return raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map((entry) => {
-    const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(entry)
-    if (match === null) throw new ConfigError(`Invalid configuration: REDIS_CLUSTER_NODES entry "${entry.slice(0, 60)}" is not host:port (e.g. 10.0.0.2:6379,10.0.0.3:6379)`)
-    return { host: match[1], port: Number(match[2]) }
-  })
 }
 
 /** PING with its own deadline, independent of the client's command timeout. */
@@ -296,8 +286,9 @@ function watchTcp (client: TcpClient, signals: LiveSignals, graceMs: number): vo
   client.on('end', () => down()) // no reconnect follows (closed by us, or a Cluster gave up)
 }
 
-/** The tcp tier, when REDIS_URL or REDIS_HOST configure one. */
-export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
+/** The tcp tier's driver, when REDIS_URL or REDIS_HOST configure one. */
+function configureTcp (read: ReadVariable, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
+  const settings = tcpSettings(read)
   const result = tcpTarget(settings)
   if (result.status !== 'ok') return result
   const target = result.target
@@ -334,4 +325,43 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
       }
     }
   }
+}
+
+function tlsHint (ctx: DiagnosisContext): string {
+  return ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
+}
+
+/** What only a Redis spoken to over TCP answers: its own auth errors, a connection lost while reconnecting, a server that is not Redis. */
+function diagnoseTcp ({ code, message, where, ctx }: Failure): string | null {
+  if (/Stream isn't writeable|Connection is closed\.?$/i.test(message) && !/handshake/.test(message)) {
+    return `the connection to ${where} is down and is being re-established in the background; check that the server is running`
+  }
+  if (/WRONGPASS|invalid (username-)?password|invalid password/i.test(message)) {
+    return `authentication failed (WRONGPASS) at ${where}: the user name or password in ${ctx.secretVariable} is wrong`
+  }
+  if (/NOAUTH|Authentication required/i.test(message)) {
+    return `${where} requires a password (NOAUTH): put it in ${ctx.secretVariable === 'REDIS_URL' ? 'REDIS_URL as redis://:password@host:port' : ctx.secretVariable}`
+  }
+  if (/without any password configured|no password is set/i.test(message)) {
+    return `a password was given but ${where} has none configured: remove it from ${ctx.secretVariable}`
+  }
+  if (code === 'ECONNRESET' || /Connection is closed|socket hang up/i.test(message)) {
+    return `${where} closed the connection during the handshake${tlsHint(ctx)}`
+  }
+  if (/Unknown RESP type|Protocol error/i.test(message)) {
+    return `${where} answered with something that is not Redis (an HTTP server or a proxy?): check the host and port in ${ctx.variable}`
+  }
+  return null
+}
+
+/** A TCP Redis (ioredis), a Redis Cluster included: the best tier, as it has everything. */
+export const tcpTier: TierDefinition<TcpClient> = {
+  tier: 'tcp',
+  label: 'a TCP Redis (REDIS_URL)',
+  setUp: 'Set REDIS_URL to use a TCP Redis.',
+  secretVariables: ['REDIS_PASSWORD'],
+  configure: configureTcp,
+  diagnose: diagnoseTcp,
+  // A server without TLS looks the same to rediss:// as one that does not answer.
+  timeoutHint: (ctx) => `${tlsHint(ctx)}${ctx.tls ? '; a server without TLS looks the same to rediss://, so if it has no TLS use redis://' : ''}`
 }
