@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { TcpClient } from '../lib/tiers/tcp-client'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput } from '../lib/config'
@@ -13,15 +13,15 @@ import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { RedisCommands } from '../lib/redis-commands'
 import { assertDecoratorFree } from '../lib/decorators'
-import type { TierTimeouts } from '../lib/tiers/driver'
+import type { ProbeResult, TierDriver, TierTimeouts } from '../lib/tiers/driver'
 import { liveTier, type LiveTier, type TierState } from '../lib/tiers/live'
 import { configureTiers, observedPing, probeTiers, whyNoneAnswered } from '../lib/tiers/connect'
 import { byTier } from '../lib/tiers/registry'
 import { holdDown } from '../lib/tiers/hold-down'
 import { memoryTransport } from '../lib/tiers/memory'
 import { budgetWarning, createUsage, type Usage } from '../lib/usage'
-import { restartWatch, type RedisRestart } from '../lib/restart-watch'
-import { tierRefusals } from '../lib/tiers/refusals'
+import { restartWatch, type RedisRestart, type RestartWatch } from '../lib/restart-watch'
+import { tierRefusals, type TierRefusals } from '../lib/tiers/refusals'
 import { refusalCause, type Refusal } from '../lib/refusal'
 import { report, type FeatureDetails, type HealthReport } from '../lib/report'
 
@@ -161,58 +161,20 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const { states: tiers, drivers, secrets } = configured
   const redact = (err: unknown): Error => redactError(err, secrets)
   const safe = (text: string): string => redactText(text, secrets)
-  const usage = createUsage({
-    limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
-    guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
-    onThreshold: (percent, budget) => log.warn({ budget: { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt } }, budgetWarning(percent, budget))
-  })
+  const usage = usageOf(read, log)
 
   const { probes, probeMs } = await probeTiers(drivers, timeouts.connectTimeoutMs)
   if (settings.REDIS_REQUIRED && !probes.some((p) => p.ok)) throw new RedisRequiredError(whyNoneAnswered(configured, probes, safe))
 
   const changes = new EventEmitter()
-  const live = new Map<RedisTier, LiveTier>()
   /** Set by onReady: until then a refusal is the boot report's to tell. */
   let booted = false
-  const refusals = tierRefusals({
-    states: tiers,
-    context: (tier) => live.get(tier)?.driver.context,
-    featuresOn: (tier) => Object.entries(features).flatMap(([name, f]) => f.status === 'active' && f.tier === tier ? [name] : []),
-    read,
-    async memoryInfo (tier) {
-      const t = live.get(tier)
-      const client = t?.client() ?? null
-      if (t?.driver.info === undefined || client === null) throw new Error(`${tier} has no client to ask`)
-      usage.meter('connections', tier)(1)
-      return await t.driver.info(client, 'memory', timeouts.commandTimeoutMs)
-    },
-    onChange (tier, refusing, previous) {
-      if (!booted) return
-      if (refusing !== null) log.warn({ tier, cause: refusing.cause }, `tier ${tier}: refusing ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(refusing.reason)}`)
-      else log.info({ tier, cause: previous.cause }, `tier ${tier}: accepts ${previous.cause === 'full' ? 'writes' : 'commands'} again`)
-      // A spent quota is an outage for the features (reads are refused too); a full Redis still serves them.
-      if (refusing?.cause === 'quota' || previous.cause === 'quota') bindings.reresolve(refusing === null ? `${tier} accepts commands again` : `${tier} refuses commands`)
-    }
-  })
-  drivers.forEach((driver, i) => {
-    const tier = liveTier(observedPing(driver, refusals, tiers), probes[i], {
-      ...timeouts,
-      reprobeMaxMs,
-      diagnose: (err, ctx) => safe(diagnose(err, ctx)),
-      meter: usage.meter('connections', driver.tier),
-      onChange (name, up, state) {
-        if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
-        else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
-        changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
-        hold.settle(name, up)
-        if (up) void restarts.up(name, clientOf(name))
-      },
-      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
-      onNotice: (name, message) => log.info({ tier: name }, message)
-    })
-    live.set(driver.tier, tier)
-    tiers[driver.tier] = tier.state
-    if (probes[i].refused !== undefined) refusals.refused(driver.tier, probes[i].refused)
+  const live = new Map<RedisTier, LiveTier>()
+  const refusals = refusalsOf({ tiers, live, read, usage, log, safe, commandTimeoutMs: timeouts.commandTimeoutMs, booted: () => booted, features: () => features, reresolve: (why) => bindings.reresolve(why) })
+  openLive(live, { drivers, probes, tiers, refusals, timeouts, reprobeMaxMs, safe, usage, log, warn }, (name, up, state) => {
+    changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
+    hold.settle(name, up)
+    if (up) void restarts.up(name, clientOf(name))
   })
   // maxmemory and its policy, once: one command per reachable tier, and none on a tier that refuses them all.
   await Promise.all([...live.values()].filter((t) => t.client() !== null && t.state.refusing === null).map(async (t) => await refusals.measure(t.driver.tier)))
@@ -223,24 +185,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
   }
 
-  // Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline.
-  const restarts = restartWatch({
-    commandTimeoutMs: timeouts.commandTimeoutMs,
-    commands (tier) {
-      const t = live.get(tier)
-      const client = clientOf(tier)
-      return t === undefined || client === null ? null : t.driver.commands(client, timeouts.commandTimeoutMs, usage.meter('connections', tier))
-    },
-    meter: (tier) => usage.meter('connections', tier),
-    onRestart (restart) {
-      log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
-      changes.emit('restarted', restart)
-    },
-    onError (tier, err) {
-      // A Redis that refuses (full, a spent quota) has its own line saying so.
-      if (refusalCause(err) === null) warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
-    }
-  })
+  const restarts = restartsOf({ live, clientOf, usage, log, warn, redact, commandTimeoutMs: timeouts.commandTimeoutMs, announce: (restart) => changes.emit('restarted', restart) })
   await Promise.all([...live.keys()].map(async (tier) => { const client = clientOf(tier); if (client !== null) await restarts.up(tier, client) }))
 
   const buses = tierBuses(live, clientOf, (tier, err) => warn(`bus-${tier}`, `${tier} pub/sub: ${redact(err).message}`, { tier }))
@@ -266,11 +211,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     tiers,
     get tcp (): SharedTcpClient | null { return clientOf('tcp') as TcpClient | null },
     get rest (): SharedRestClient | null { return clientOf('rest') as UpstashRedis | null },
-    on (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) {
-      const handler = listener as (change: unknown) => void
-      changes.on(event, handler)
-      return () => { changes.off(event, handler) }
-    },
+    on: listen(changes),
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: read,
     commands: commandsOn,
@@ -297,6 +238,130 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     await buses.close()
     await Promise.all([...live.values()].map(async (t) => await t.close()))
   })
+}
+
+/** What every Redis command is counted against: each feature's meters and the daily budget. */
+function usageOf (read: (name: string) => string | undefined, log: FastifyBaseLogger): Usage {
+  return createUsage({
+    limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
+    guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
+    onThreshold: (percent, budget) => log.warn({ budget: { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt } }, budgetWarning(percent, budget))
+  })
+}
+
+interface LiveDeps {
+  drivers: ReadonlyArray<TierDriver<unknown>>
+  probes: ReadonlyArray<ProbeResult<unknown>>
+  /** Every tier's state: a configured tier's entry is replaced by its live state. */
+  tiers: Record<RedisTier, TierState>
+  refusals: TierRefusals
+  timeouts: TierTimeouts
+  reprobeMaxMs: number
+  safe: (text: string) => string
+  usage: Usage
+  log: FastifyBaseLogger
+  warn: ReturnType<typeof rateLimitedWarn>
+}
+
+/** Each configured tier kept live from its probe on, added to `live`: its changes logged once and handed to `changed`. */
+function openLive (live: Map<RedisTier, LiveTier>, { drivers, probes, tiers, refusals, timeouts, reprobeMaxMs, safe, usage, log, warn }: LiveDeps, changed: (tier: RedisTier, up: boolean, state: TierState) => void): void {
+  drivers.forEach((driver, i) => {
+    const tier = liveTier(observedPing(driver, refusals, tiers), probes[i], {
+      ...timeouts,
+      reprobeMaxMs,
+      diagnose: (err, ctx) => safe(diagnose(err, ctx)),
+      meter: usage.meter('connections', driver.tier),
+      onChange (name, up, state) {
+        if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
+        else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
+        changed(name, up, state)
+      },
+      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
+      onNotice: (name, message) => log.info({ tier: name }, message)
+    })
+    live.set(driver.tier, tier)
+    tiers[driver.tier] = tier.state
+    if (probes[i].refused !== undefined) refusals.refused(driver.tier, probes[i].refused)
+  })
+}
+
+interface RefusalsDeps {
+  tiers: Record<RedisTier, TierState>
+  live: ReadonlyMap<RedisTier, LiveTier>
+  read: (name: string) => string | undefined
+  usage: Usage
+  log: FastifyBaseLogger
+  safe: (text: string) => string
+  commandTimeoutMs: number
+  /** Until boot is over, a refusal is the boot report's to tell. */
+  booted: () => boolean
+  features: () => Features
+  reresolve: (why: string) => void
+}
+
+/** A tier that answers but refuses (full: writes; a spent quota: everything): told once per change, and a quota moves the features. */
+function refusalsOf ({ tiers, live, read, usage, log, safe, commandTimeoutMs, booted, features, reresolve }: RefusalsDeps): TierRefusals {
+  return tierRefusals({
+    states: tiers,
+    context: (tier) => live.get(tier)?.driver.context,
+    featuresOn: (tier) => Object.entries(features()).flatMap(([name, f]) => f.status === 'active' && f.tier === tier ? [name] : []),
+    read,
+    async memoryInfo (tier) {
+      const t = live.get(tier)
+      const client = t?.client() ?? null
+      if (t?.driver.info === undefined || client === null) throw new Error(`${tier} has no client to ask`)
+      usage.meter('connections', tier)(1)
+      return await t.driver.info(client, 'memory', commandTimeoutMs)
+    },
+    onChange (tier, refusing, previous) {
+      if (!booted()) return
+      if (refusing !== null) log.warn({ tier, cause: refusing.cause }, `tier ${tier}: refusing ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(refusing.reason)}`)
+      else log.info({ tier, cause: previous.cause }, `tier ${tier}: accepts ${previous.cause === 'full' ? 'writes' : 'commands'} again`)
+      // A spent quota is an outage for the features (reads are refused too); a full Redis still serves them.
+      if (refusing?.cause === 'quota' || previous.cause === 'quota') reresolve(refusing === null ? `${tier} accepts commands again` : `${tier} refuses commands`)
+    }
+  })
+}
+
+interface RestartsDeps {
+  live: ReadonlyMap<RedisTier, LiveTier>
+  clientOf: (tier: Tier) => unknown
+  usage: Usage
+  log: FastifyBaseLogger
+  warn: ReturnType<typeof rateLimitedWarn>
+  redact: (err: unknown) => Error
+  commandTimeoutMs: number
+  announce: (restart: RedisRestart) => void
+}
+
+/** Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline. */
+function restartsOf ({ live, clientOf, usage, log, warn, redact, commandTimeoutMs, announce }: RestartsDeps): RestartWatch {
+  return restartWatch({
+    commandTimeoutMs,
+    commands (tier) {
+      const t = live.get(tier)
+      const client = clientOf(tier)
+      return t === undefined || client === null ? null : t.driver.commands(client, commandTimeoutMs, usage.meter('connections', tier))
+    },
+    meter: (tier) => usage.meter('connections', tier),
+    onRestart (restart) {
+      log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
+      announce(restart)
+    },
+    onError (tier, err) {
+      // A Redis that refuses (full, a spent quota) has its own line saying so.
+      if (refusalCause(err) === null) warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
+    }
+  })
+}
+
+/** fastify.connections.on: a listener per event, and the function that removes it. */
+function listen (changes: EventEmitter): Connections['on'] {
+  return (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) => {
+    const handler = listener as (change: unknown) => void
+    changes.on(event, handler)
+    return () => { changes.off(event, handler) }
+  }
 }
 
 /** A tier's diagnosis without its address: what HTTP callers and feature reasons may see. */
