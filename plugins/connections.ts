@@ -4,24 +4,21 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { TcpClient } from '../lib/tiers/tcp-client'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput } from '../lib/config'
-import { diagnose } from '../lib/diagnose'
 import { concealEndpoint, redactError, redactText } from '../lib/redact'
-import { createBus, type Bus } from '../lib/bus'
+import type { Bus } from '../lib/bus'
 import type { FeatureRequirement, RedisTier, Tier } from '../lib/resolve-tier'
 import { featureBindings, type FeatureChange, type FeatureState, type Rebind } from '../lib/feature-bindings'
 import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { RedisCommands } from '../lib/redis-commands'
 import { assertDecoratorFree } from '../lib/decorators'
-import type { ProbeResult, TierDriver, TierTimeouts } from '../lib/tiers/driver'
-import { liveTier, type LiveTier, type TierState } from '../lib/tiers/live'
-import { configureTiers, observedPing, probeTiers, whyNoneAnswered } from '../lib/tiers/connect'
+import type { TierTimeouts } from '../lib/tiers/driver'
+import type { LiveTier, TierState } from '../lib/tiers/live'
+import { configureTiers, openLive, probeTiers, refusalsOf, restartsOf, tierBuses, whyNoneAnswered } from '../lib/tiers/connect'
 import { byTier } from '../lib/tiers/registry'
 import { holdDown } from '../lib/tiers/hold-down'
-import { memoryTransport } from '../lib/tiers/memory'
 import { budgetWarning, createUsage, type Usage } from '../lib/usage'
-import { restartWatch, type RedisRestart, type RestartWatch } from '../lib/restart-watch'
-import { tierRefusals, type TierRefusals } from '../lib/tiers/refusals'
+import type { RedisRestart } from '../lib/restart-watch'
 import { refusalCause, type Refusal } from '../lib/refusal'
 import { report, type FeatureDetails, type HealthReport } from '../lib/report'
 
@@ -249,112 +246,6 @@ function usageOf (read: (name: string) => string | undefined, log: FastifyBaseLo
   })
 }
 
-interface LiveDeps {
-  drivers: ReadonlyArray<TierDriver<unknown>>
-  probes: ReadonlyArray<ProbeResult<unknown>>
-  /** Every tier's state: a configured tier's entry is replaced by its live state. */
-  tiers: Record<RedisTier, TierState>
-  refusals: TierRefusals
-  timeouts: TierTimeouts
-  reprobeMaxMs: number
-  safe: (text: string) => string
-  usage: Usage
-  log: FastifyBaseLogger
-  warn: ReturnType<typeof rateLimitedWarn>
-}
-
-/** Each configured tier kept live from its probe on, added to `live`: its changes logged once and handed to `changed`. */
-function openLive (live: Map<RedisTier, LiveTier>, { drivers, probes, tiers, refusals, timeouts, reprobeMaxMs, safe, usage, log, warn }: LiveDeps, changed: (tier: RedisTier, up: boolean, state: TierState) => void): void {
-  drivers.forEach((driver, i) => {
-    const tier = liveTier(observedPing(driver, refusals, tiers), probes[i], {
-      ...timeouts,
-      reprobeMaxMs,
-      diagnose: (err, ctx) => safe(diagnose(err, ctx)),
-      meter: usage.meter('connections', driver.tier),
-      onChange (name, up, state) {
-        if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
-        else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
-        changed(name, up, state)
-      },
-      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
-      onNotice: (name, message) => log.info({ tier: name }, message)
-    })
-    live.set(driver.tier, tier)
-    tiers[driver.tier] = tier.state
-    if (probes[i].refused !== undefined) refusals.refused(driver.tier, probes[i].refused)
-  })
-}
-
-interface RefusalsDeps {
-  tiers: Record<RedisTier, TierState>
-  live: ReadonlyMap<RedisTier, LiveTier>
-  read: (name: string) => string | undefined
-  usage: Usage
-  log: FastifyBaseLogger
-  safe: (text: string) => string
-  commandTimeoutMs: number
-  /** Until boot is over, a refusal is the boot report's to tell. */
-  booted: () => boolean
-  features: () => Features
-  reresolve: (why: string) => void
-}
-
-/** A tier that answers but refuses (full: writes; a spent quota: everything): told once per change, and a quota moves the features. */
-function refusalsOf ({ tiers, live, read, usage, log, safe, commandTimeoutMs, booted, features, reresolve }: RefusalsDeps): TierRefusals {
-  return tierRefusals({
-    states: tiers,
-    context: (tier) => live.get(tier)?.driver.context,
-    featuresOn: (tier) => Object.entries(features()).flatMap(([name, f]) => f.status === 'active' && f.tier === tier ? [name] : []),
-    read,
-    async memoryInfo (tier) {
-      const t = live.get(tier)
-      const client = t?.client() ?? null
-      if (t?.driver.info === undefined || client === null) throw new Error(`${tier} has no client to ask`)
-      usage.meter('connections', tier)(1)
-      return await t.driver.info(client, 'memory', commandTimeoutMs)
-    },
-    onChange (tier, refusing, previous) {
-      if (!booted()) return
-      if (refusing !== null) log.warn({ tier, cause: refusing.cause }, `tier ${tier}: refusing ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(refusing.reason)}`)
-      else log.info({ tier, cause: previous.cause }, `tier ${tier}: accepts ${previous.cause === 'full' ? 'writes' : 'commands'} again`)
-      // A spent quota is an outage for the features (reads are refused too); a full Redis still serves them.
-      if (refusing?.cause === 'quota' || previous.cause === 'quota') reresolve(refusing === null ? `${tier} accepts commands again` : `${tier} refuses commands`)
-    }
-  })
-}
-
-interface RestartsDeps {
-  live: ReadonlyMap<RedisTier, LiveTier>
-  clientOf: (tier: Tier) => unknown
-  usage: Usage
-  log: FastifyBaseLogger
-  warn: ReturnType<typeof rateLimitedWarn>
-  redact: (err: unknown) => Error
-  commandTimeoutMs: number
-  announce: (restart: RedisRestart) => void
-}
-
-/** Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline. */
-function restartsOf ({ live, clientOf, usage, log, warn, redact, commandTimeoutMs, announce }: RestartsDeps): RestartWatch {
-  return restartWatch({
-    commandTimeoutMs,
-    commands (tier) {
-      const t = live.get(tier)
-      const client = clientOf(tier)
-      return t === undefined || client === null ? null : t.driver.commands(client, commandTimeoutMs, usage.meter('connections', tier))
-    },
-    meter: (tier) => usage.meter('connections', tier),
-    onRestart (restart) {
-      log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
-      announce(restart)
-    },
-    onError (tier, err) {
-      // A Redis that refuses (full, a spent quota) has its own line saying so.
-      if (refusalCause(err) === null) warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
-    }
-  })
-}
-
 /** fastify.connections.on: a listener per event, and the function that removes it. */
 function listen (changes: EventEmitter): Connections['on'] {
   return (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) => {
@@ -386,28 +277,6 @@ function explain (state: TierState | null, tier: Tier | null, err: unknown, reda
   }
   if (state.reachable || state.lastError === null) return concealEndpoint(redact(err).message, endpoint, source)
   return `${tier ?? ''} is down: ${addressless(state) ?? ''}`
-}
-
-/** The one pub/sub bus of each tier, made on first use: a Redis tier's over its driver's transport, memory's in process. */
-function tierBuses (live: ReadonlyMap<RedisTier, LiveTier>, clientOf: (tier: Tier) => unknown, onError: (tier: Tier, err: Error) => void): { bus: (tier: Tier) => Bus, close: () => Promise<void> } {
-  const buses = new Map<Tier, Bus>()
-  return {
-    bus (tier) {
-      const existing = buses.get(tier)
-      if (existing !== undefined) return existing
-      const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
-      const client = clientOf(tier)
-      if (tier !== 'memory' && (driver === undefined || client === null)) throw new Error(`${tier} is not reachable; resolve a requirement before asking for its bus`)
-      const failed = (err: Error): void => onError(tier, err)
-      const created = createBus(tier, driver !== undefined ? driver.transport(client, failed) : memoryTransport, failed)
-      buses.set(tier, created)
-      return created
-    },
-    async close () {
-      await Promise.all([...buses.values()].map(async (b) => await b.close()))
-      buses.clear()
-    }
-  }
 }
 
 export default fp(connections, { name: 'connections', fastify: '5.x' })
