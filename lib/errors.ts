@@ -44,3 +44,9 @@ export const RedisRequiredError = createError<[string]>('REDIS_TIERS_REQUIRED', 
 
 /** A decorator name is owned by another plugin. */
 export const DecoratorTakenError = createError<[string, string, string]>('REDIS_TIERS_DECORATOR_TAKEN', 'fastify.%s is already decorated, probably by %s; %s', 500)
+
+/** A probe or PING that got no answer within its deadline. */
+export class ProbeTimeout extends Error {
+  override name = 'ProbeTimeout'
+  code = 'ETIMEDOUT'
+}

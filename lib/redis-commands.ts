@@ -1,3 +1,4 @@
+import type { RedisTier } from './resolve-tier'
 
 // The few Redis commands the feature stores need, behind one interface so a
 // store is written once for tcp and rest. Every call has a deadline and is
@@ -24,7 +25,7 @@ export function lua (source: string, commands: number | ((keys: number, reply: u
 export type Meter = (commands: number) => void
 
 export interface RedisCommands {
-  readonly tier: 'tcp' | 'rest'
+  readonly tier: RedisTier
   get: (key: string) => Promise<string | null>
   /** Run a Lua script; tcp uses EVALSHA with an EVAL fallback, rest always EVAL (one round trip). */
   eval: (script: LuaScript, keys: string[], args: Array<string | number>) => Promise<unknown>

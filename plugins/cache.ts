@@ -13,7 +13,7 @@ import { routeCacheHooks, type RouteCacheConfig } from '../lib/cache/route-hooks
 
 export type { RouteCacheConfig }
 
-export const cacheRequirement: FeatureRequirement = { feature: 'cache', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'CACHE_ENABLED', outage: 'fail-open' }
+export const cacheRequirement: FeatureRequirement = { feature: 'cache', fallback: 'memory', flag: 'CACHE_ENABLED', outage: 'fail-open' }
 
 export interface CachePluginOptions {
   /** Key namespace; overrides CACHE_PREFIX (default: the name in package.json). */

@@ -11,7 +11,7 @@ import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import type { RedisCommands } from '../lib/redis-commands'
 import type { Unsubscribe } from '../lib/bus'
 
-export const presenceRequirement: FeatureRequirement = { feature: 'presence', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'PRESENCE_ENABLED' }
+export const presenceRequirement: FeatureRequirement = { feature: 'presence', fallback: 'memory', flag: 'PRESENCE_ENABLED' }
 
 export interface PresencePluginOptions {
   prefix?: string

@@ -11,7 +11,7 @@ import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import { CHANNEL_PATTERN } from './sse'
-import { isCluster, type TcpClient } from '../lib/tiers/tcp'
+import { isCluster, type TcpClient } from '../lib/tiers/tcp-client'
 import { persistenceWarning } from '../lib/queues/persistence'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 

@@ -19,7 +19,7 @@ export type { RateLimitDecision, OutagePolicy, Algorithm, FastifyRateLimitStoreC
 // Its outage behaviour is its own RATE_LIMIT_ON_OUTAGE policy (local, open,
 // closed), applied per decision within RATE_LIMIT_TIMEOUT_MS: the binding
 // stays where it is and a failed call is decided by the policy.
-export const rateLimitRequirement: FeatureRequirement = { feature: 'rate-limit', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'RATE_LIMIT_ENABLED', outage: 'fail-open' }
+export const rateLimitRequirement: FeatureRequirement = { feature: 'rate-limit', fallback: 'memory', flag: 'RATE_LIMIT_ENABLED', outage: 'fail-open' }
 
 export interface RateLimitPluginOptions {
   /** Key namespace; overrides RATE_LIMIT_PREFIX (default: the name in package.json). */

@@ -10,7 +10,7 @@ import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
 import type { Unsubscribe } from '../lib/bus'
 
-export const sseRequirement: FeatureRequirement = { feature: 'sse', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'SSE_ENABLED' }
+export const sseRequirement: FeatureRequirement = { feature: 'sse', fallback: 'memory', flag: 'SSE_ENABLED' }
 
 export type Authorize = (request: FastifyRequest, channel: string) => boolean | Promise<boolean>
 

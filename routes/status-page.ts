@@ -72,7 +72,7 @@ const SCRIPT = `
       var label = { off: 'not configured', full: 'full: writes refused', quota: 'quota spent' }[state] || state;
       var card = h('div', { 'class': 'card', 'data-tier': t.tier, 'data-state': state },
         h('h3', null, h('span', { text: t.tier }), badge(label, state === 'up' ? 'ok' : state === 'down' ? 'bad' : refusing ? 'warn' : '')),
-        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(refusing ? refusing.since : t.since)], ['diagnosis', refusing ? refusing.reason : t.lastError]]) : h('p', { 'class': 'muted', text: t.tier === 'tcp' ? 'Set REDIS_URL to use a TCP Redis.' : 'Set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to use Upstash REST.' }));
+        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(refusing ? refusing.since : t.since)], ['diagnosis', refusing ? refusing.reason : t.lastError]]) : h('p', { 'class': 'muted', text: t.setUp }));
       return card;
     }));
   }

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import { FeatureUnavailableError, ForbiddenError } from '../lib/errors'
 import type { BudgetReport } from '../lib/usage'
+import { registeredTiers } from '../lib/tiers/registry'
 import { statusPage } from './status-page'
 
 // GET /status: one page that shows every tier and feature and what they cost,
@@ -31,7 +32,7 @@ export interface StatusSample {
 export interface StatusSnapshot {
   at: string
   status: 'ok' | 'degraded' | 'down'
-  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null, refusing: { cause: 'full' | 'quota', reason: string, since: string } | null }>
+  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null, refusing: { cause: 'full' | 'quota', reason: string, since: string } | null, setUp: string }>
   features: Array<{ feature: string, status: string, tier: string | null, reason: string, outage: string, transitions: number, since: string }>
   figures: {
     cache: { hits: number, misses: number, hitRatio: number | null, l1Entries: number, l1Bytes: number, l2WritesShed: number }
@@ -104,9 +105,9 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
     return {
       at: new Date().toISOString(),
       status: connections.status(),
-      tiers: (['tcp', 'rest'] as const).map((tier) => {
+      tiers: registeredTiers().map(({ tier, setUp }) => {
         const { configured, reachable, latencyMs, endpoint, source, lastError, since, refusing } = connections.tiers[tier]
-        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing }
+        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing, setUp }
       }),
       features: Object.entries(fastify.features).map(([feature, f]) => ({ feature, status: f.status, tier: f.tier, reason: f.reason, outage: f.outage, transitions: f.transitions, since: f.since })),
       figures: {

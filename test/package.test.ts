@@ -15,8 +15,8 @@ const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as
 // The host installs the Fastify this repository is tested with (a peer dependency of the package).
 const fastifyVersion = (JSON.parse(readFileSync(path.join(root, 'node_modules/fastify/package.json'), 'utf8')) as { version: string }).version
 const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues', 'rate-limit']
-/** The identifier a subpath's plugin is imported as, and its name in the root's exports: rate-limit -> rateLimit. */
-const id = (subpath: string): string => subpath.replace(/-(\w)/g, (_m, c: string) => c.toUpperCase())
+/** The name a host binds a subpath's plugin to, and the root's export of it: rate-limit is rateLimit. */
+const id = (subpath: string): string => subpath.replace(/-(\w)/g, (_match, letter: string) => letter.toUpperCase())
 // A clean environment: no REDIS_URL or DEMO_ROUTES of the machine's reaches the host.
 const ENV: Record<string, string> = Object.fromEntries(['PATH', 'HOME', 'npm_config_cache', 'npm_config_registry'].flatMap((name) => process.env[name] === undefined ? [] : [[name, process.env[name]]]))
 
@@ -57,15 +57,15 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
     writeFileSync(path.join(host, 'esm.mjs'), `
       import app, * as root from '${pkg.name}'
       ${SUBPATHS.map((name) => `import ${id(name)} from '${pkg.name}/${name}'`).join('\n')}
-      const same = { ${SUBPATHS.map((name) => `'${name}': ${id(name)} === root.${id(name)}`).join(', ')} }
+      const same = { ${SUBPATHS.map((name) => `${id(name)}: ${id(name)} === root.${id(name)}`).join(', ')} }
       console.log(JSON.stringify({ app: typeof app, appIsNamed: app === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
     `)
     writeFileSync(path.join(host, 'cjs.cjs'), `
       const root = require('${pkg.name}')
-      const same = { ${SUBPATHS.map((name) => `'${name}': require('${pkg.name}/${name}').default === root.${id(name)}`).join(', ')} }
+      const same = { ${SUBPATHS.map((name) => `${id(name)}: require('${pkg.name}/${name}').default === root.${id(name)}`).join(', ')} }
       console.log(JSON.stringify({ app: typeof root.default, appIsNamed: root.default === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
     `)
-    const expected = { app: 'function', appIsNamed: true, same: Object.fromEntries(SUBPATHS.map((name) => [name, true])), error: 503 }
+    const expected = { app: 'function', appIsNamed: true, same: Object.fromEntries(SUBPATHS.map((name) => [id(name), true])), error: 503 }
     t.same(JSON.parse(await run(host, process.execPath, ['esm.mjs'])), expected, 'ESM')
     t.same(JSON.parse(await run(host, process.execPath, ['cjs.cjs'])), expected, 'CommonJS')
   })

@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from 'ioredis'
-import type { TcpClient } from './tcp'
+import type { TcpClient } from './tcp-client'
 
 // A connection that died while Redis stayed up (the server's idle timeout, a
 // NAT gateway, a process frozen longer than either) is not an outage. ioredis
