@@ -39,6 +39,7 @@ export interface StatusSnapshot {
     sse: { clients: number, published: number, delivered: number, eventsPerSecond: number }
     presence: { online: number | null }
     queues: Record<string, Record<string, number>>
+    rateLimit: { decisions: number, refusedInMemory: number, byPolicy: number, instances: number }
   }
   commands: Array<{ feature: string, tier: string, requests: number, commands: number, today: number }>
   budget: BudgetReport
@@ -100,6 +101,7 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
   function snapshot (withHistory: boolean): StatusSnapshot {
     const c = cache.stats()
     const s = sse.stats()
+    const r = fastify.rateLimiter.stats()
     const last = history[history.length - 1]
     const seconds = (Date.now() - last.t) / 1000
     return {
@@ -114,7 +116,8 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
         cache: { hits: c.hits, misses: c.misses, hitRatio: c.hits + c.misses === 0 ? null : c.hits / (c.hits + c.misses), l1Entries: c.l1Entries, l1Bytes: c.l1Bytes, l2WritesShed: c.l2WritesShed },
         sse: { clients: s.clients, published: s.published, delivered: s.delivered, eventsPerSecond: seconds > 0.5 ? Math.max(0, s.published - last.ssePublished) / seconds : 0 },
         presence: { online: slow.online },
-        queues: slow.queues
+        queues: slow.queues,
+        rateLimit: { decisions: r.decisions, refusedInMemory: r.by.blocked, byPolicy: r.by.local + r.by.open + r.by.closed, instances: r.instances }
       },
       commands: connections.usage.entries(),
       budget: connections.usage.budget(),
