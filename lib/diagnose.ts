@@ -1,3 +1,5 @@
+import { ProbeTimeout } from './errors'
+
 // A failed probe becomes one sentence: what went wrong, which variable to look
 // at, and what to change. Input errors are already redacted.
 
@@ -15,10 +17,7 @@ export interface DiagnosisContext {
   timeoutVariable?: string
 }
 
-export class ProbeTimeout extends Error {
-  override name = 'ProbeTimeout'
-  code = 'ETIMEDOUT'
-}
+export { ProbeTimeout }
 
 const CERT_CODES = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',

@@ -18,6 +18,11 @@ export interface FeatureRequirement {
   outage?: 'fail-open' | 'unavailable'
   /** false: the feature reads `<FEATURE>_ON_OUTAGE` itself, with choices of its own (rate-limit's local, open, closed). */
   outageVariable?: false
+  /**
+   * Why the memory fallback is refused here (an in-process queue in production loses jobs on
+   * restart): the feature is skipped instead, with this added to the reason.
+   */
+  memoryRefused?: string
   /** What the feature does differently on a tier (e.g. queues on rest only produce): added to the reason. */
   notes?: Partial<Record<Tier, string>>
 }
@@ -55,6 +60,10 @@ export function envPrefix (feature: string): string {
  * Throws ConfigError when a flag holds an invalid value.
  */
 export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, read: ReadVariable): Resolution {
+  if (req.memoryRefused !== undefined) {
+    const resolution = resolveTier({ ...req, fallback: 'skip', memoryRefused: undefined }, tiers, read)
+    return resolution.status === 'skipped' ? { ...resolution, reason: `${resolution.reason}; ${req.memoryRefused}` } : resolution
+  }
   const { feature } = req
   const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })
   const active = (tier: Tier, reason: string): Resolution => {

@@ -120,6 +120,8 @@ export interface Connections {
    * deadline and metered as `feature`'s; null for memory (or a tier that is not reachable).
    */
   commands: (tier: Tier, timeoutMs: number, feature: string) => RedisCommands | null
+  /** The shared client of a Redis tier, for a library that makes its own connections from it (BullMQ); null for memory or a tier not reached. */
+  client: (tier: Tier) => unknown
   /** Commands each feature sent (Lua scripts' own commands included) and the daily budget. */
   readonly usage: Usage
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
@@ -397,6 +399,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
       const client = clientOf(tier)
       return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
     },
+    client: clientOf,
     usage,
     bus,
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
