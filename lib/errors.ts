@@ -9,8 +9,11 @@ import createError from '@fastify/error'
 /** Invalid input: a channel, job id, user id or option out of its bounds (400). */
 export const InvalidInputError = createError<[string]>('REDIS_TIERS_INVALID_INPUT', '%s', 400)
 
-/** A bus channel name that Redis would take as a pattern or a different channel (400; a TypeError, as a wrong argument is). */
-export const InvalidChannelError = createError<[string]>('REDIS_TIERS_INVALID_CHANNEL', '%s', 400, TypeError)
+/** A bus channel name that Redis would take as a pattern or a different channel (400): a TypeError by name too, as a wrong argument is. */
+export class InvalidChannelError extends TypeError {
+  readonly code = 'REDIS_TIERS_INVALID_CHANNEL'
+  readonly statusCode = 400
+}
 
 /** No identity where one is needed (401). */
 export const UnauthorizedError = createError<[string]>('REDIS_TIERS_UNAUTHORIZED', '%s', 401)
@@ -43,6 +46,15 @@ export class FeatureUnavailableError extends FeatureUnavailableBase {
     super(feature, reason)
     this.feature = feature
   }
+}
+
+/**
+ * The one wording of a tier failure a caller hears of, on every feature: what Redis did not do
+ * (`what`: 'answer the heartbeat', 'accept the event', 'confirm the delete'), why when known
+ * (already safe to show), and that the call may be tried again.
+ */
+export function tierFailure (feature: string, what: string, cause?: string): FeatureUnavailableError {
+  return new FeatureUnavailableError(feature, `Redis did not ${what}${cause === undefined ? '' : `: ${cause}`}; try again`)
 }
 
 /** REDIS_REQUIRED=true and no Redis tier answered the probe. */

@@ -4,7 +4,7 @@ import type { Connections } from '../plugins/connections'
 import type { Bus } from './bus'
 import { claimFeatureDecorator } from './decorators'
 import { withTimeout } from './deadline'
-import { FeatureUnavailableError, isOurError } from './errors'
+import { FeatureUnavailableError, isOurError, tierFailure } from './errors'
 import { rateLimitedWarn } from './rate-limited-log'
 import type { Meter, RedisCommands } from './redis-commands'
 import type { FeatureRequirement, Resolution, Tier } from './resolve-tier'
@@ -55,6 +55,8 @@ export interface Feature<Store> {
   use: () => Store
   /** Our 503 for this feature. */
   unavailable: (why: string) => never
+  /** Our 503 with the reason the feature is off (skipped). */
+  refusal: () => FeatureUnavailableError
   /** The tier failure of `what` (e.g. 'answer the heartbeat') as our 503, in the one wording of every feature. */
   failure: (what: string, err?: unknown) => FeatureUnavailableError
   /**
@@ -133,7 +135,7 @@ export function defineFeature<Options extends FastifyPluginOptions, Store> (spec
     const counted: { onTierError?: (err: unknown) => void } = {}
 
     const failure = (what: string, err?: unknown): FeatureUnavailableError =>
-      new FeatureUnavailableError(spec.name, `Redis did not ${what}${err === undefined ? '' : `: ${connections.explain(current.binding?.tier ?? null, err)}`}; try again`)
+      tierFailure(spec.name, what, err === undefined ? undefined : connections.explain(current.binding?.tier ?? null, err))
     const unavailable = (why: string): never => { throw new FeatureUnavailableError(spec.name, why) }
 
     const feature: Feature<Store> = {
@@ -148,6 +150,7 @@ export function defineFeature<Options extends FastifyPluginOptions, Store> (spec
       get reason () { return current.reason },
       use: () => current.store ?? unavailable(current.reason),
       unavailable,
+      refusal: () => new FeatureUnavailableError(spec.name, current.reason),
       failure,
       async guard (what, fn, deadlineMs) {
         const store = feature.use()
