@@ -38,6 +38,16 @@ export interface TierBinding {
   readonly cluster: boolean
 }
 
+/** What every feature's decorator says of itself, whatever its tier. */
+export interface FeatureStatus {
+  readonly available: boolean
+  readonly tier: Tier | null
+  readonly reason: string
+}
+
+/** A feature's API as its setup writes it: the runtime adds the status. */
+export type FeatureApi<Api extends FeatureStatus> = Omit<Api, keyof FeatureStatus>
+
 /** The runtime as a feature's setup and API see it. */
 export interface Feature<Store> {
   readonly fastify: FastifyInstance

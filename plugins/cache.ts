@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { createCache, unavailableCache, type Cache, type CacheClient } from '../lib/cache/client'
 import { redisCacheStore } from '../lib/cache/store'
 import { parseBooleanVariable, parseIntegerVariable, parseDurationVariable } from '../lib/config'
-import { defineFeature, type TierBinding } from '../lib/feature'
+import { defineFeature, type FeatureApi, type TierBinding } from '../lib/feature'
 import { resolvePrefix } from '../lib/prefix'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 import type { Unsubscribe } from '../lib/bus'
@@ -74,7 +74,7 @@ export default defineFeature<CachePluginOptions, CacheBinding>({
     }
 
     // Plain forwards (no async wrapper): one more promise per call would show on the L1-hit path.
-    const api: Omit<Cache, 'available' | 'tier' | 'reason'> = {
+    const api: FeatureApi<Cache> = {
       get: (key) => client().get(key),
       set: (key, value, options) => client().set(key, value, options),
       del: (key) => client().del(key),

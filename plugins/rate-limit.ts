@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import { parseChoiceVariable, parseDurationVariable, parseIntegerVariable } from '../lib/config'
-import { defineFeature } from '../lib/feature'
+import { defineFeature, type FeatureApi, type FeatureStatus } from '../lib/feature'
 import { parseDuration } from '../lib/duration'
 import { resolvePrefix } from '../lib/prefix'
 import { createLimiter, type ConsumeOptions, type OutagePolicy, type RateLimitDecision } from '../lib/rate-limit/limiter'
 import { fleetCount } from '../lib/rate-limit/instances'
 import { fastifyRateLimitStore, type FastifyRateLimitStoreClass } from '../lib/rate-limit/fastify-store'
 import { memoryRateLimitStore, rateLimitStoreFor, type Algorithm, type RateLimitStore } from '../lib/rate-limit/store'
-import type { FeatureRequirement, Tier } from '../lib/resolve-tier'
+import type { FeatureRequirement } from '../lib/resolve-tier'
 
 export type { RateLimitDecision, OutagePolicy, Algorithm, FastifyRateLimitStoreClass }
 
@@ -35,10 +35,7 @@ export interface RateLimitStats {
   instances: number
 }
 
-export interface RateLimit {
-  readonly available: boolean
-  readonly tier: Tier | null
-  readonly reason: string
+export interface RateLimit extends FeatureStatus {
   /** Counts one request for `key` and decides. Rejects (400) on an invalid key or options, (503) when the feature is off. */
   consume: (key: string, options: RateLimitConsumeOptions) => Promise<RateLimitDecision>
   /** @fastify/rate-limit's custom store, backed by this limiter: `register(fastifyRateLimit, { store: fastify.rateLimiter.store })`. */
@@ -87,7 +84,7 @@ export default defineFeature<RateLimitPluginOptions, RateLimitStore>({
     }
     const decide = async (key: string, options: ConsumeOptions): Promise<RateLimitDecision> => counted(await limiter.consume(key, options))
 
-    const api: Omit<RateLimit, 'available' | 'tier' | 'reason'> = {
+    const api: FeatureApi<RateLimit> = {
       async consume (key, options) {
         feature.use()
         return await decide(key, { ...options, window: parseDuration(options?.window, 'rate limit "window"') })
