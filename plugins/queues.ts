@@ -10,7 +10,7 @@ import { resolvePrefix } from '../lib/prefix'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import { withTimeout } from '../lib/deadline'
 import type { FeatureRequirement, Resolution, Tier } from '../lib/resolve-tier'
-import { CHANNEL_PATTERN } from './sse'
+import { CHANNEL_PATTERN } from '../lib/channels'
 import { isCluster, type TcpClient } from '../lib/tiers/tcp'
 import { persistenceWarning } from '../lib/queues/persistence'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
