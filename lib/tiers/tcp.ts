@@ -4,7 +4,7 @@ import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from '
 import calculateSlot from 'cluster-key-slot'
 import type { ConnectionSettings } from '../config'
 import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
-import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
+import { billedOnFailure, isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
 import type { CommandObserver, LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../diagnose'
@@ -278,7 +278,7 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter, observ
       billed = script.cost(keys.length, reply)
       return reply
     } catch (err) {
-      if (!isNoScript(err)) billed = script.cost(keys.length, undefined)
+      billed = billedOnFailure(err, script.cost(keys.length, undefined))
       throw err
     } finally {
       meter(billed)
