@@ -7,7 +7,9 @@ import { withTimeout } from './deadline'
 import { FeatureUnavailableError, isOurError, tierFailure } from './errors'
 import { rateLimitedWarn } from './rate-limited-log'
 import type { Meter, RedisCommands } from './redis-commands'
-import type { FeatureRequirement, Resolution, Tier } from './resolve-tier'
+import { envPrefix, type FeatureRequirement, type Resolution, type Tier } from './resolve-tier'
+import type { ReadVariable } from './config'
+import { resolvePrefix } from './prefix'
 
 // The one skeleton of every feature plugin (cache, sse, presence, queues,
 // rate-limit). The runtime claims the decorator, resolves the requirement,
@@ -52,6 +54,10 @@ export type FeatureApi<Api extends FeatureStatus> = Omit<Api, keyof FeatureStatu
 export interface Feature<Store> {
   readonly fastify: FastifyInstance
   readonly connections: Connections
+  /** A setting by variable name (plugin options override env). */
+  readonly variable: ReadVariable
+  /** The feature's key namespace: the plugin option, else <FEATURE>_PREFIX, else the package name. */
+  prefix: (option: string | undefined) => string
   readonly log: FastifyBaseLogger
   /** A warning at a bounded rate per key (outages repeat). */
   readonly warn: (key: string, message: string, extra?: Record<string, unknown>) => void
@@ -151,6 +157,8 @@ export function defineFeature<Options extends FastifyPluginOptions, Store> (spec
     const feature: Feature<Store> = {
       fastify,
       connections,
+      variable: connections.variable,
+      prefix: (option) => resolvePrefix(option, `${envPrefix(spec.name)}_PREFIX`, connections.variable),
       log,
       warn,
       get store () { return current.store },

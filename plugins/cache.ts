@@ -3,7 +3,6 @@ import { createCache, unavailableCache, type Cache, type CacheClient } from '../
 import { redisCacheStore } from '../lib/cache/store'
 import { parseBooleanVariable, parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { defineFeature, type FeatureApi, type TierBinding } from '../lib/feature'
-import { resolvePrefix } from '../lib/prefix'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 import type { Unsubscribe } from '../lib/bus'
 import { routeCacheHooks, type RouteCacheConfig } from '../lib/cache/route-hooks'
@@ -33,9 +32,8 @@ export default defineFeature<CachePluginOptions, CacheBinding>({
   name: 'cache',
   likelyOwner: '@fastify/caching',
   setup (feature, opts) {
-    const { connections } = feature
-    const variable = connections.variable
-    const prefix = resolvePrefix(opts.prefix, 'CACHE_PREFIX', variable)
+    const { connections, variable } = feature
+    const prefix = feature.prefix(opts.prefix)
     const settings = {
       defaultTtlMs: parseDurationVariable(variable, 'CACHE_DEFAULT_TTL', '60s'),
       l1MaxTtlMs: parseDurationVariable(variable, 'CACHE_L1_TTL', '10s'),

@@ -5,7 +5,6 @@ import { seenUsers } from '../lib/presence/seen'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { InvalidInputError } from '../lib/errors'
 import { defineFeature, type FeatureApi, type FeatureStatus } from '../lib/feature'
-import { resolvePrefix } from '../lib/prefix'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 
 export const presenceRequirement: FeatureRequirement = { feature: 'presence', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'PRESENCE_ENABLED' }
@@ -49,14 +48,13 @@ export const SSE_CHANNEL = 'public:presence'
 export default defineFeature<PresencePluginOptions, PresenceBinding>({
   name: 'presence',
   setup (feature, opts) {
-    const { connections } = feature
-    const variable = connections.variable
+    const { connections, variable } = feature
     const times = {
       ttlMs: parseIntegerVariable(variable, 'PRESENCE_TTL_MS', 60_000, 10, 86_400_000),
       lastSeenTtlMs: parseDurationVariable(variable, 'PRESENCE_LAST_SEEN_TTL', '7d')
     }
     const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
-    const prefix = resolvePrefix(opts.prefix, 'PRESENCE_PREFIX', variable)
+    const prefix = feature.prefix(opts.prefix)
     const channel = `${prefix}:presence:events`
     const failed = (key: string, what: string) => (err: unknown) => feature.warn(key, `${what}: ${connections.redact(err).message}`)
     const seen = seenUsers(times.ttlMs)

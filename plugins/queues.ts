@@ -3,7 +3,6 @@ import type { DefineOptions, ProgressChannel, Queues, QueuesPluginOptions, Queue
 import { parseBooleanVariable, parseChoiceVariable, parseIntegerVariable } from '../lib/config'
 import { DefineError, NotFoundError } from '../lib/errors'
 import { defineFeature, type FeatureApi } from '../lib/feature'
-import { resolvePrefix } from '../lib/prefix'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 import { abandonRunning, closeQueues, countEach, jobEvents, LOST_ON_RESTART, openQueues, type QueuesBinding } from '../lib/queues/binding'
 import { checkDefinition, checkJobs, checkRepeat, JOB_ID } from '../lib/queues/validation'
@@ -28,14 +27,13 @@ export { LOST_ON_RESTART }
 export default defineFeature<QueuesPluginOptions, QueuesBinding>({
   name: 'queues',
   setup (feature, opts) {
-    const { connections, log } = feature
-    const variable = connections.variable
+    const { connections, log, variable } = feature
     const runWorkers = parseBooleanVariable(variable, 'QUEUES_WORKERS', true)
     const drainMs = parseIntegerVariable(variable, 'QUEUES_DRAIN_MS', 5000, 0, 3_600_000)
     const lockMs = parseIntegerVariable(variable, 'QUEUES_LOCK_MS', 20_000, 1000, 3_600_000)
     const timeoutMs = parseIntegerVariable(variable, 'QUEUES_TIMEOUT_MS', connections.commandTimeoutMs, 1, 60_000)
     const fallback = parseChoiceVariable(variable, 'QUEUES_FALLBACK', ['memory', 'skip'] as const) ?? 'skip'
-    const prefix = resolvePrefix(opts.prefix, 'QUEUES_PREFIX', variable)
+    const prefix = feature.prefix(opts.prefix)
     const warn = (key: string, message: string, err?: unknown): void => feature.warn(key, err === undefined ? message : `${message}: ${connections.redact(err).message}`)
     // An in-process queue loses every job on restart: never let it stand in for Redis in production.
     const refused = fallback === 'memory' && variable('NODE_ENV') === 'production'

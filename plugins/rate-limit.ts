@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto'
 import { parseChoiceVariable, parseDurationVariable, parseIntegerVariable } from '../lib/config'
 import { defineFeature, type FeatureApi, type FeatureStatus } from '../lib/feature'
 import { parseDuration } from '../lib/duration'
-import { resolvePrefix } from '../lib/prefix'
 import { createLimiter, type ConsumeOptions, type OutagePolicy, type RateLimitDecision } from '../lib/rate-limit/limiter'
 import { fleetCount } from '../lib/rate-limit/instances'
 import { fastifyRateLimitStore, type FastifyRateLimitStoreClass } from '../lib/rate-limit/fastify-store'
@@ -53,8 +52,8 @@ export default defineFeature<RateLimitPluginOptions, RateLimitStore>({
   name: 'rate-limit',
   decorator: 'rateLimiter',
   setup (feature, opts) {
-    const variable = feature.connections.variable
-    const prefix = resolvePrefix(opts.prefix, 'RATE_LIMIT_PREFIX', variable)
+    const { variable } = feature
+    const prefix = feature.prefix(opts.prefix)
     const settings = {
       timeoutMs: parseIntegerVariable(variable, 'RATE_LIMIT_TIMEOUT_MS', 50, 1, 60_000),
       onOutage: parseChoiceVariable(variable, 'RATE_LIMIT_ON_OUTAGE', ['local', 'open', 'closed'] as const) ?? 'local',

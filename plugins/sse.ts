@@ -5,7 +5,6 @@ import { CHANNEL_RULE, EVENT_PATTERN, validChannel } from '../lib/channels'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { ForbiddenError, InvalidInputError } from '../lib/errors'
 import { defineFeature, type FeatureApi, type FeatureStatus } from '../lib/feature'
-import { resolvePrefix } from '../lib/prefix'
 import type { FeatureRequirement } from '../lib/resolve-tier'
 
 export const sseRequirement: FeatureRequirement = { feature: 'sse', tiers: ['tcp', 'rest'], fallback: 'memory', flag: 'SSE_ENABLED' }
@@ -45,8 +44,7 @@ export default defineFeature<SsePluginOptions, SseBinding>({
   name: 'sse',
   likelyOwner: 'another SSE plugin',
   setup (feature, opts) {
-    const { connections } = feature
-    const variable = connections.variable
+    const { connections, variable } = feature
     const settings = {
       heartbeatMs: parseIntegerVariable(variable, 'SSE_HEARTBEAT_MS', 15_000, 10, 3_600_000),
       retryMs: parseIntegerVariable(variable, 'SSE_RETRY_MS', 3_000, 0, 3_600_000),
@@ -55,7 +53,7 @@ export default defineFeature<SsePluginOptions, SseBinding>({
       maxBufferBytes: parseIntegerVariable(variable, 'SSE_MAX_BUFFER_BYTES', 1024 * 1024, 1024, 2 ** 31),
       timeoutMs: parseIntegerVariable(variable, 'SSE_TIMEOUT_MS', 1000, 1, 60_000)
     }
-    const prefix = resolvePrefix(opts.prefix, 'SSE_PREFIX', variable)
+    const prefix = feature.prefix(opts.prefix)
     const counters = { published: 0, delivered: 0, replayed: 0, slowClientsDropped: 0, redisErrors: 0 }
     const fanout = sseFanout({
       settings,
