@@ -136,85 +136,107 @@ function tierBinding (connections: Connections, resolution: Resolution & { statu
   }
 }
 
+/** The runtime's own state behind a Feature: the binding in use, and what to stop on close. */
+interface Runtime<Store> {
+  feature: Feature<Store>
+  current: Current<Store>
+  /** Set once setup has said how it counts tier failures. */
+  onTierError?: (err: unknown) => void
+  /** Timers, background work and the feature's own cleanup, in that order. */
+  stop: () => Promise<void>
+}
+
+function createRuntime<Store> (fastify: FastifyInstance, name: string): Runtime<Store> {
+  const { connections } = fastify
+  const log = fastify.log.child({ plugin: name })
+  const timers = new Set<NodeJS.Timeout>()
+  const pending = new Set<Promise<unknown>>()
+  const closers: Array<() => unknown> = []
+  const failure = (what: string, err?: unknown): FeatureUnavailableError =>
+    tierFailure(name, what, err === undefined ? undefined : connections.explain(runtime.current.binding?.tier ?? null, err))
+  const unavailable = (why: string): never => { throw new FeatureUnavailableError(name, why) }
+
+  const feature: Feature<Store> = {
+    fastify,
+    connections,
+    variable: connections.variable,
+    prefix: (option) => resolvePrefix(option, `${envPrefix(name)}_PREFIX`, connections.variable),
+    log,
+    warn: rateLimitedWarn(log),
+    get store () { return runtime.current.store },
+    get binding () { return runtime.current.binding },
+    get available () { return runtime.current.binding !== null },
+    get tier () { return runtime.current.binding?.tier ?? null },
+    get reason () { return runtime.current.reason },
+    use: () => runtime.current.store ?? unavailable(runtime.current.reason),
+    unavailable,
+    refusal: () => new FeatureUnavailableError(name, runtime.current.reason),
+    failure,
+    async guard (what, fn, deadlineMs) {
+      const store = feature.use()
+      const { binding } = runtime.current
+      try {
+        return await (deadlineMs === undefined ? fn(store) : withTimeout(fn(store), deadlineMs))
+      } catch (err) {
+        if (binding?.commands == null || isOurError(err)) throw err
+        runtime.onTierError?.(err)
+        throw failure(what, err)
+      }
+    },
+    every (ms, task) {
+      const timer = setInterval(task, ms)
+      timer.unref()
+      timers.add(timer)
+    },
+    background (work) {
+      const tracked = work.catch(() => {}).finally(() => pending.delete(tracked))
+      pending.add(tracked)
+    },
+    onRestarted (listener) {
+      closers.push(connections.on('restarted', ({ tier }) => { if (runtime.current.binding?.tier === tier) listener(tier) }))
+    },
+    onClose: (task) => { closers.push(task) }
+  }
+  const runtime: Runtime<Store> = {
+    feature,
+    current: { binding: null, store: null, reason: '' },
+    async stop () {
+      for (const timer of timers) clearInterval(timer)
+      timers.clear()
+      await Promise.allSettled([...pending])
+      for (const close of closers) await close()
+    }
+  }
+  return runtime
+}
+
 export function defineFeature<Options extends FastifyPluginOptions, Store> (spec: FeatureSpec<Options, Store>): FastifyPluginAsync<Options> {
   const decorator = spec.decorator ?? spec.name
   async function plugin (fastify: FastifyInstance, opts: Options): Promise<void> {
     claimFeatureDecorator(fastify, decorator, spec.likelyOwner)
     const { connections } = fastify
-    const log = fastify.log.child({ plugin: spec.name })
-    const warn = rateLimitedWarn(log)
-    const timers = new Set<NodeJS.Timeout>()
-    const pending = new Set<Promise<unknown>>()
-    const closers: Array<() => unknown> = []
-    let current: Current<Store> = { binding: null, store: null, reason: '' }
-    /** Set once setup has said how it counts tier failures. */
-    const counted: { onTierError?: (err: unknown) => void } = {}
-
-    const failure = (what: string, err?: unknown): FeatureUnavailableError =>
-      tierFailure(spec.name, what, err === undefined ? undefined : connections.explain(current.binding?.tier ?? null, err))
-    const unavailable = (why: string): never => { throw new FeatureUnavailableError(spec.name, why) }
-
-    const feature: Feature<Store> = {
-      fastify,
-      connections,
-      variable: connections.variable,
-      prefix: (option) => resolvePrefix(option, `${envPrefix(spec.name)}_PREFIX`, connections.variable),
-      log,
-      warn,
-      get store () { return current.store },
-      get binding () { return current.binding },
-      get available () { return current.binding !== null },
-      get tier () { return current.binding?.tier ?? null },
-      get reason () { return current.reason },
-      use: () => current.store ?? unavailable(current.reason),
-      unavailable,
-      refusal: () => new FeatureUnavailableError(spec.name, current.reason),
-      failure,
-      async guard (what, fn, deadlineMs) {
-        const store = feature.use()
-        const { binding } = current
-        try {
-          return await (deadlineMs === undefined ? fn(store) : withTimeout(fn(store), deadlineMs))
-        } catch (err) {
-          if (binding?.commands == null || isOurError(err)) throw err
-          counted.onTierError?.(err)
-          throw failure(what, err)
-        }
-      },
-      every (ms, task) {
-        const timer = setInterval(task, ms)
-        timer.unref()
-        timers.add(timer)
-      },
-      background (work) {
-        const tracked = work.catch(() => {}).finally(() => pending.delete(tracked))
-        pending.add(tracked)
-      },
-      onRestarted (listener) {
-        closers.push(connections.on('restarted', ({ tier }) => { if (current.binding?.tier === tier) listener(tier) }))
-      },
-      onClose: (task) => { closers.push(task) }
-    }
-
+    const runtime = createRuntime<Store>(fastify, spec.name)
+    const { feature } = runtime
     const setup = await spec.setup(feature, opts)
-    counted.onTierError = setup.onTierError
+    runtime.onTierError = setup.onTierError
     const bindTo = async (resolution: Resolution): Promise<Current<Store>> => {
       if (resolution.status !== 'active') return { binding: null, store: null, reason: resolution.reason }
       const binding = tierBinding(connections, resolution, setup.timeoutMs)
       return { binding, store: await setup.open(binding), reason: resolution.reason }
     }
-    current = await bindTo(connections.resolve(setup.requirement, async (next) => {
+    // Subscribe, then swap: the new store is open and handed over before the old one closes.
+    runtime.current = await bindTo(connections.resolve(setup.requirement, async (next) => {
       const fresh = await bindTo(next)
       if (fresh.store !== null) {
         try {
-          await setup.handOver?.(current.store, fresh.store)
+          await setup.handOver?.(runtime.current.store, fresh.store)
         } catch (err) {
           await setup.close?.(fresh.store, null)
           throw err
         }
       }
-      const old = current
-      current = fresh
+      const old = runtime.current
+      runtime.current = fresh
       if (old.store !== null) await setup.close?.(old.store, fresh.store)
     }))
 
@@ -227,11 +249,9 @@ export function defineFeature<Options extends FastifyPluginOptions, Store> (spec
     if (setup.describe !== undefined) connections.describe(spec.name, setup.describe)
     fastify.decorate(decorator, api)
     fastify.addHook('onClose', async () => {
-      for (const timer of timers) clearInterval(timer)
-      timers.clear()
-      await Promise.allSettled([...pending])
-      for (const close of closers) await close()
-      if (current.store !== null) await setup.close?.(current.store, null)
+      await runtime.stop()
+      const { store } = runtime.current
+      if (store !== null) await setup.close?.(store, null)
     })
   }
   return fp(plugin as FastifyPluginAsync<Options>, { name: spec.name, fastify: '5.x', dependencies: ['connections'] })

@@ -24,6 +24,12 @@ const defaultProgressChannel: ProgressChannel = (queue, job) => `jobs:${queue}:$
 
 export { LOST_ON_RESTART }
 
+/** An in-process queue loses every job on restart: never let it stand in for Redis in production. */
+function requirementFor (fallback: 'memory' | 'skip', production: boolean): FeatureRequirement {
+  const refused = fallback === 'memory' && production ? { memoryRefused: 'QUEUES_FALLBACK=memory is refused when NODE_ENV=production (an in-process queue loses jobs on restart): fix REDIS_URL' } : {}
+  return { ...queuesRequirement, fallback, ...refused }
+}
+
 export default defineFeature<QueuesPluginOptions, QueuesBinding>({
   name: 'queues',
   setup (feature, opts) {
@@ -32,11 +38,9 @@ export default defineFeature<QueuesPluginOptions, QueuesBinding>({
     const drainMs = parseIntegerVariable(variable, 'QUEUES_DRAIN_MS', 5000, 0, 3_600_000)
     const lockMs = parseIntegerVariable(variable, 'QUEUES_LOCK_MS', 20_000, 1000, 3_600_000)
     const timeoutMs = parseIntegerVariable(variable, 'QUEUES_TIMEOUT_MS', connections.commandTimeoutMs, 1, 60_000)
-    const fallback = parseChoiceVariable(variable, 'QUEUES_FALLBACK', ['memory', 'skip'] as const) ?? 'skip'
+    const requirement = requirementFor(parseChoiceVariable(variable, 'QUEUES_FALLBACK', ['memory', 'skip'] as const) ?? 'skip', variable('NODE_ENV') === 'production')
     const prefix = feature.prefix(opts.prefix)
     const warn = (key: string, message: string, err?: unknown): void => feature.warn(key, err === undefined ? message : `${message}: ${connections.redact(err).message}`)
-    // An in-process queue loses every job on restart: never let it stand in for Redis in production.
-    const refused = fallback === 'memory' && variable('NODE_ENV') === 'production'
 
     const counters: QueuesStats = { added: 0, completed: 0, failed: 0, redisErrors: 0 }
     const channels = new Map<string, ProgressChannel | null>()
@@ -46,15 +50,9 @@ export default defineFeature<QueuesPluginOptions, QueuesBinding>({
       warn,
       counters
     })
-    /** Every define() call, to apply to a backend made later (the feature promoted when a TCP Redis appears). */
+    /** Every define() call, to apply to a backend made later. */
     const definitions = new Map<string, QueueDefinition>()
     let appReady = false
-    /** Set when the tcp Redis of the queues keeps no copy of its data: at boot, in /health. */
-    let persistence: string | null = null
-    async function checkPersistence (): Promise<void> {
-      persistence = await feature.store?.persistence() ?? null
-      if (persistence !== null) log.warn({ tier: 'tcp' }, `queues: ${persistence}`)
-    }
 
     /** A defined queue whose feature runs, else 404 or 503 with the reason. */
     function use (name: string): void {
@@ -111,26 +109,23 @@ export default defineFeature<QueuesPluginOptions, QueuesBinding>({
     feature.fastify.addHook('onReady', async () => {
       appReady = true
       if (runWorkers) feature.store?.backend.start()
-      await checkPersistence()
+      await feature.store?.checkPersistence()
     })
 
     return {
-      requirement: { ...queuesRequirement, fallback, ...(refused ? { memoryRefused: 'QUEUES_FALLBACK=memory is refused when NODE_ENV=production (an in-process queue loses jobs on restart): fix REDIS_URL' } : {}) },
+      requirement,
       timeoutMs,
-      async open (binding) {
-        const opened = await openQueues(binding, { prefix, timeoutMs, lockMs, events, log, memoryRefused: refused, onError: (err) => warn('queues-redis', 'queues', err) })
-        for (const definition of definitions.values()) opened.backend.define(definition, runWorkers)
-        if (appReady && runWorkers) opened.backend.start()
-        return opened
-      },
+      // A backend made later (the feature promoted when a TCP Redis appears) gets every queue defined so far.
+      open: async (binding) => await openQueues(binding, { prefix, timeoutMs, lockMs, events, log, memoryRefused: requirement.memoryRefused !== undefined, definitions: [...definitions.values()], workers: runWorkers, started: appReady, onError: (err) => warn('queues-redis', 'queues', err) }),
       async close (old, next) {
-        if (next !== null) void checkPersistence()
+        if (next !== null) void next.checkPersistence()
         await closeQueues(old, next, drainMs, log)
       },
       onTierError: () => { counters.redisErrors++ },
       async describe () {
         const counts = await countEach(api.names(), api.counts, (err) => connections.explain(feature.tier, err))
-        return { workers: api.workers, stats: api.stats(), counts, ...(persistence !== null ? { warning: persistence } : {}) }
+        const warning = feature.store?.warning ?? null
+        return { workers: api.workers, stats: api.stats(), counts, ...(warning !== null ? { warning } : {}) }
       },
       api
     }

@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type * as BullmqBackendModule from './bullmq'
 import type * as MemoryBackendModule from './memory'
-import type { JobContext, JobCounts, JobEvents, QueueBackend } from './backend'
+import type { JobContext, JobCounts, JobEvents, QueueBackend, QueueDefinition } from './backend'
 import type { TierBinding } from '../feature'
 import type { TcpClient } from '../tiers/tcp'
 import { CHANNEL_PATTERN, CHANNEL_RULE } from '../channels'
@@ -19,8 +19,10 @@ export interface QueuesBinding {
   backend: QueueBackend
   /** Whether workers can run here: they block on Redis and hold connections, which REST has not. */
   workers: boolean
-  /** The warning when the Redis of the queues keeps no copy of its data (tcp: two CONFIG GETs), else null. */
-  persistence: () => Promise<string | null>
+  /** Set (and logged) when the tcp Redis of the queues keeps no copy of its data: at boot, in /health. */
+  warning: string | null
+  /** Reads it (tcp: two CONFIG GETs; nothing elsewhere). */
+  checkPersistence: () => Promise<void>
 }
 
 export interface QueuesOpenOptions {
@@ -31,17 +33,28 @@ export interface QueuesOpenOptions {
   log: FastifyBaseLogger
   /** QUEUES_FALLBACK=memory asked for in production: said when it does not matter (queues on tcp). */
   memoryRefused: boolean
+  /** The queues defined so far, with their workers when `workers`, started at once when `started` (the app is ready). */
+  definitions: QueueDefinition[]
+  workers: boolean
+  started: boolean
   onError: (err: Error) => void
 }
 
-// Each backend's module (bullmq alone costs a sixth of a cold start) is loaded only when queues run on it.
 export async function openQueues (binding: TierBinding, o: QueuesOpenOptions): Promise<QueuesBinding> {
+  const opened = await backendFor(binding, o)
+  for (const definition of o.definitions) opened.backend.define(definition, o.workers)
+  if (o.started && o.workers) opened.backend.start()
+  return opened
+}
+
+// Each backend's module (bullmq alone costs a sixth of a cold start) is loaded only when queues run on it.
+async function backendFor (binding: TierBinding, o: QueuesOpenOptions): Promise<QueuesBinding> {
   const { tier, client } = binding
   if (tier === 'memory') {
     o.log.warn('queues run in memory (QUEUES_FALLBACK=memory): jobs are lost on restart and not shared with other instances; for local development only')
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use; the import above is types only
     const { memoryBackend } = require('./memory') as typeof MemoryBackendModule
-    return { tier, backend: memoryBackend(o.events), workers: true, persistence: async () => null }
+    return { tier, backend: memoryBackend(o.events), workers: true, warning: null, checkPersistence: async () => {} }
   }
   if (client === null) throw new Error(`${tier} has no client: it is not reachable`)
   if (o.memoryRefused && tier === 'tcp') o.log.warn('QUEUES_FALLBACK=memory is ignored when NODE_ENV=production')
@@ -57,12 +70,19 @@ export async function openQueues (binding: TierBinding, o: QueuesOpenOptions): P
     meter: binding.meter,
     onError: o.onError
   })
-  const persistence = async (): Promise<string | null> => {
-    if (tier !== 'tcp') return null
-    binding.meter(2)
-    return await persistenceWarning(async (...args) => await (client as TcpClient).call(...args), o.timeoutMs)
+  const opened: QueuesBinding = {
+    tier,
+    backend,
+    workers: tier === 'tcp',
+    warning: null,
+    async checkPersistence () {
+      if (tier !== 'tcp') return
+      binding.meter(2)
+      opened.warning = await persistenceWarning(async (...args) => await (client as TcpClient).call(...args), o.timeoutMs)
+      if (opened.warning !== null) o.log.warn({ tier }, `queues: ${opened.warning}`)
+    }
   }
-  return { tier, backend, workers: tier === 'tcp', persistence }
+  return opened
 }
 
 /** The backend of a binding stops: at once on a move (`next`), letting active jobs finish for `drainMs` on close. */

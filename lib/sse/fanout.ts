@@ -81,12 +81,81 @@ export interface Fanout {
   close: (old: SseBinding, next: SseBinding | null) => Promise<void>
 }
 
-export function sseFanout (o: FanoutOptions): Fanout {
-  const { counters } = o
-  const clients = clientRegistry(o.settings, counters, () => releaseWhenIdle())
-  let reserved = 0
+interface FanoutState {
+  o: FanoutOptions
+  clients: ClientRegistry
+  counters: SseCounters
   /** When this instance saw the histories' Redis come back empty: what came after an older id cannot be replayed (0: never). */
-  let historyLostAt = 0
+  historyLostAt: number
+}
+
+/**
+ * After a gap in the subscription (a reconnect, a resubscribed REST stream), every connected
+ * client gets what was published meanwhile from the history, once and in order, before live
+ * events resume: they wait in `pending` while the history is read, as on a first connect.
+ */
+async function catchUp (s: FanoutState): Promise<void> {
+  const { clients, counters, o } = s
+  const store = o.current()?.store
+  if (store === undefined) return
+  const groups = new Map<string, Client[]>()
+  for (const client of clients.all()) {
+    if (client.pending !== null) continue // still replaying its own history
+    client.pending = []
+    const key = client.channels.join(',')
+    const group = groups.get(key)
+    if (group !== undefined) group.push(client)
+    else groups.set(key, [client])
+  }
+  for (const group of groups.values()) {
+    const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.floorMs), Infinity)
+    let events: SseEvent[] = []
+    try {
+      events = (await store.replay(group[0].channels, `${Math.max(0, from - 1)}-0`)).events
+    } catch (err) {
+      counters.redisErrors++
+      o.warn('sse-catch-up', 'sse catch-up after a subscription gap failed', err)
+    }
+    for (const client of group) {
+      for (const event of events) clients.send(client, event, true)
+      clients.flushPending(client)
+    }
+  }
+}
+
+/**
+ * Without an id there is nothing to replay. A malformed id, one older than the retained
+ * history, one beyond the newest event (a client cannot have seen it: forged, or from another
+ * database), or one from a history that Redis lost gets `event: reset`; live events then flow as
+ * to a new client.
+ */
+async function resume (s: FanoutState, client: Client, lastId: string | null): Promise<void> {
+  const { clients, counters, o } = s
+  const store = o.current()?.store
+  if (lastId !== null && store !== undefined) {
+    const valid = isEventId(lastId)
+    let replay: Replay
+    try {
+      replay = valid ? await store.replay(client.channels, lastId) : { events: [], reset: true, newest: null }
+    } catch (err) {
+      counters.redisErrors++
+      o.warn('sse-replay', 'sse replay failed', err)
+      replay = { events: [], reset: true, newest: null } // history unreachable: the client must resync
+    }
+    const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
+    const lost = valid && parseId(lastId)[0] < s.historyLostAt
+    // What the client has seen is not sent again (a lagging fan-out may still bring it), unless it cannot have seen it.
+    if (valid && !beyond) [client.lastMs, client.lastSeq] = parseId(lastId)
+    if (replay.reset || beyond || lost) clients.write(client, RESET)
+    for (const event of replay.events) clients.send(client, event, true)
+  }
+  clients.flushPending(client)
+}
+
+export function sseFanout (o: FanoutOptions): Fanout {
+  const clients = clientRegistry(o.settings, o.counters, () => releaseWhenIdle())
+  const s: FanoutState = { o, clients, counters: o.counters, historyLostAt: 0 }
+  let reserved = 0
 
   function onFanout (message: unknown): void {
     const m = message as { c?: unknown, i?: unknown, e?: unknown, d?: unknown } | null
@@ -94,7 +163,7 @@ export function sseFanout (o: FanoutOptions): Fanout {
     clients.deliver({ channel: m.c, id: m.i, event: typeof m.e === 'string' ? m.e : '', data: typeof m.d === 'string' ? m.d : '' })
   }
 
-  const subscribe = (of: SseBinding): Promise<Unsubscribe> => of.binding.bus.subscribe(of.channel, onFanout, () => { void catchUp() })
+  const subscribe = (of: SseBinding): Promise<Unsubscribe> => of.binding.bus.subscribe(of.channel, onFanout, () => { void catchUp(s) })
 
   async function release (of: SseBinding): Promise<void> {
     const held = of.fanout
@@ -106,67 +175,6 @@ export function sseFanout (o: FanoutOptions): Fanout {
     const current = o.current()
     if (clients.size > 0 || reserved > 0 || current === null) return
     void release(current)
-  }
-
-  /**
-   * After a gap in the subscription (a reconnect, a resubscribed REST stream), every connected
-   * client gets what was published meanwhile from the history, once and in order, before live
-   * events resume: they wait in `pending` while the history is read, as on a first connect.
-   */
-  async function catchUp (): Promise<void> {
-    const store = o.current()?.store
-    if (store === undefined) return
-    const groups = new Map<string, Client[]>()
-    for (const client of clients.all()) {
-      if (client.pending !== null) continue // still replaying its own history
-      client.pending = []
-      const key = client.channels.join(',')
-      const group = groups.get(key)
-      if (group !== undefined) group.push(client)
-      else groups.set(key, [client])
-    }
-    for (const group of groups.values()) {
-      const from = group.reduce((min, c) => Math.min(min, c.lastMs >= 0 ? c.lastMs : c.floorMs), Infinity)
-      let events: SseEvent[] = []
-      try {
-        events = (await store.replay(group[0].channels, `${Math.max(0, from - 1)}-0`)).events
-      } catch (err) {
-        counters.redisErrors++
-        o.warn('sse-catch-up', 'sse catch-up after a subscription gap failed', err)
-      }
-      for (const client of group) {
-        for (const event of events) clients.send(client, event, true)
-        clients.flushPending(client)
-      }
-    }
-  }
-
-  /**
-   * Without an id there is nothing to replay. A malformed id, one older than the retained
-   * history, one beyond the newest event (a client cannot have seen it: forged, or from another
-   * database), or one from a history that Redis lost gets `event: reset`; live events then flow as
-   * to a new client.
-   */
-  async function resume (client: Client, lastId: string | null): Promise<void> {
-    const store = o.current()?.store
-    if (lastId !== null && store !== undefined) {
-      const valid = isEventId(lastId)
-      let replay: Replay
-      try {
-        replay = valid ? await store.replay(client.channels, lastId) : { events: [], reset: true, newest: null }
-      } catch (err) {
-        counters.redisErrors++
-        o.warn('sse-replay', 'sse replay failed', err)
-        replay = { events: [], reset: true, newest: null } // history unreachable: the client must resync
-      }
-      const beyond = valid && (replay.newest !== null ? compareIds(lastId, replay.newest) > 0 : parseId(lastId)[0] > Date.now())
-      const lost = valid && parseId(lastId)[0] < historyLostAt
-      // What the client has seen is not sent again (a lagging fan-out may still bring it), unless it cannot have seen it.
-      if (valid && !beyond) [client.lastMs, client.lastSeq] = parseId(lastId)
-      if (replay.reset || beyond || lost) clients.write(client, RESET)
-      for (const event of replay.events) clients.send(client, event, true)
-    }
-    clients.flushPending(client)
   }
 
   return {
@@ -186,8 +194,8 @@ export function sseFanout (o: FanoutOptions): Fanout {
       current.fanout ??= subscribe(current)
       await current.fanout
     },
-    resume,
-    historyLost: () => { historyLostAt = Date.now() },
+    resume: async (client, lastId) => await resume(s, client, lastId),
+    historyLost: () => { s.historyLostAt = Date.now() },
     // Connected clients stay connected through a move: the fan-out moves to the new tier's bus
     // first, then the store; ids of the new tier are a new sequence, so every event on it is new to
     // them. What other instances published there since each client's last event is caught up.
@@ -199,7 +207,7 @@ export function sseFanout (o: FanoutOptions): Fanout {
     async close (old, next) {
       if (next !== null) clients.forgetIds()
       await release(old)
-      if (next?.fanout != null) await catchUp()
+      if (next?.fanout != null) await catchUp(s)
     }
   }
 }
