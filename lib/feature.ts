@@ -3,7 +3,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyPlu
 import type { Connections } from '../plugins/connections'
 import type { Bus } from './bus'
 import { claimFeatureDecorator } from './decorators'
-import { withTimeout } from './deadline'
+import { settledWithin, withTimeout } from './deadline'
 import { FeatureUnavailableError, isOurError, tierFailure } from './errors'
 import { rateLimitedWarn } from './rate-limited-log'
 import type { Meter, RedisCommands } from './redis-commands'
@@ -80,9 +80,15 @@ export interface Feature<Store> {
    * `failure(what, err)`. `deadlineMs` bounds a call whose client has no deadline of its own.
    */
   guard: <T>(what: string, fn: (store: Store) => Promise<T>, deadlineMs?: number) => Promise<T>
-  /** Periodic work: unref'd, stopped on close. */
-  every: (ms: number, task: () => void) => void
-  /** Work that outlives a request: tracked, and waited for on close. */
+  /**
+   * Periodic work (sweeps, heartbeats): unref'd, stopped on close; returns what stops it sooner.
+   * The one place a feature's timers start, so a policy for frozen or serverless instances is set here.
+   */
+  every: (ms: number, task: () => void) => () => void
+  /**
+   * Work that outlives a request (a write the answer does not wait for, a refresh, an event
+   * published after the response): tracked, never rejected, waited for on close (up to BACKGROUND_CLOSE_MS).
+   */
   background: (work: Promise<unknown>) => void
   /** Redis on the feature's current tier came back without its data. */
   onRestarted: (listener: (tier: Tier) => void) => void
@@ -116,6 +122,9 @@ export interface FeatureSpec<Options, Store> {
   likelyOwner?: string
   setup: (feature: Feature<Store>, opts: Options) => FeatureParts<Store> | Promise<FeatureParts<Store>>
 }
+
+/** How long close waits for background work: each piece is bounded by its own deadlines; this bounds a host's. */
+const BACKGROUND_CLOSE_MS = 5000
 
 interface Current<Store> { binding: TierBinding | null, store: Store | null, reason: string }
 
@@ -187,6 +196,10 @@ function createRuntime<Store> (fastify: FastifyInstance, name: string): Runtime<
       const timer = setInterval(task, ms)
       timer.unref()
       timers.add(timer)
+      return () => {
+        clearInterval(timer)
+        timers.delete(timer)
+      }
     },
     background (work) {
       const tracked = work.catch(() => {}).finally(() => pending.delete(tracked))
@@ -203,7 +216,7 @@ function createRuntime<Store> (fastify: FastifyInstance, name: string): Runtime<
     async stop () {
       for (const timer of timers) clearInterval(timer)
       timers.clear()
-      await Promise.allSettled([...pending])
+      await settledWithin(Promise.allSettled([...pending]), BACKGROUND_CLOSE_MS)
       for (const close of closers) await close()
     }
   }

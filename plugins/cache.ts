@@ -95,7 +95,8 @@ export default defineFeature<CachePluginOptions, CacheBinding>({
       maxVariants: settings.maxVariants,
       honorNoCache: settings.honorNoCache,
       redact: connections.redact,
-      warn: (key, message) => feature.warn(key, message)
+      warn: (key, message) => feature.warn(key, message),
+      background: feature.background
     }))
 
     return {

@@ -64,7 +64,7 @@ export default defineFeature<PresencePluginOptions, PresenceBinding>({
     function toBrowsers (event: PresenceEvent): void {
       const { fastify } = feature
       if (!fastify.hasDecorator('sse') || !fastify.sse.available) return
-      fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch(failed('presence-sse', 'presence event not streamed'))
+      feature.background(fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch(failed('presence-sse', 'presence event not streamed')))
     }
 
     /** Presence is state, not a cache: a Redis failure is a 503 with the reason, not a silent miss. */

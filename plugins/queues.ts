@@ -48,7 +48,8 @@ export default defineFeature<QueuesPluginOptions, QueuesBinding>({
       channelOf: (job) => (channels.get(job.queue) ?? opts.progressChannel ?? defaultProgressChannel)(job.queue, job),
       publish: () => feature.fastify.hasDecorator('sse') && feature.fastify.sse.available ? feature.fastify.sse.publish : null,
       warn,
-      counters
+      counters,
+      background: feature.background
     })
     /** Every define() call, to apply to a backend made later. */
     const definitions = new Map<string, QueueDefinition>()

@@ -59,6 +59,7 @@ export default defineFeature<SsePluginOptions, SseBinding>({
       settings,
       counters,
       current: () => feature.store,
+      every: feature.every,
       warn: (key, what, err) => feature.warn(key, `${what} on ${feature.tier ?? '?'}: ${connections.redact(err).message}`)
     })
     const { clients } = fanout

@@ -124,6 +124,8 @@ export interface AnnounceOptions {
   publish: () => ((channel: string, data: unknown, opts: { event: string }) => Promise<string>) | null
   warn: (key: string, message: string, err?: unknown) => void
   counters: { completed: number, failed: number }
+  /** The publish outlives the job event that caused it. */
+  background: (work: Promise<unknown>) => void
 }
 
 /** Job events go to the job's sse channel, when sse runs; a failed publish is logged, never thrown. */
@@ -143,7 +145,7 @@ export function jobEvents (o: AnnounceOptions): JobEvents {
       o.warn('queues-channel', `progressChannel gave an invalid sse channel for queue ${job.queue}; use ${CHANNEL_RULE}`)
       return
     }
-    publish(channel, { id: job.id, queue: job.queue, ...data }, { event }).catch((err: Error) => o.warn('queues-publish', `job ${event} not published to sse`, err))
+    o.background(publish(channel, { id: job.id, queue: job.queue, ...data }, { event }).catch((err: Error) => o.warn('queues-publish', `job ${event} not published to sse`, err)))
   }
   return {
     progress: (job, progress) => announce(job, 'progress', { progress }),

@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { Unsubscribe } from '../bus'
 import type { TierBinding } from '../feature'
-import { clientRegistry, type Client, type ClientCounters, type ClientRegistry } from './clients'
+import { clientRegistry, type Client, type ClientCounters, type ClientRegistry, type Every } from './clients'
 import { compareIds, isEventId, memorySseStore, parseId, redisSseStore, type HistoryOptions, type Replay, type SseEvent, type SseStore } from './store'
 
 // What sse does between its store and its streams: one fan-out subscription
@@ -61,6 +61,8 @@ export interface FanoutOptions {
   settings: { heartbeatMs: number, maxBufferBytes: number }
   counters: SseCounters
   current: () => SseBinding | null
+  /** The feature's scheduler, for the heartbeat. */
+  every: Every
   /** A Redis read failed (`key`, the operation): logged at a bounded rate. */
   warn: (key: string, what: string, err: unknown) => void
 }
@@ -153,7 +155,7 @@ async function resume (s: FanoutState, client: Client, lastId: string | null): P
 }
 
 export function sseFanout (o: FanoutOptions): Fanout {
-  const clients = clientRegistry(o.settings, o.counters, () => releaseWhenIdle())
+  const clients = clientRegistry(o.settings, o.counters, () => releaseWhenIdle(), o.every)
   const s: FanoutState = { o, clients, counters: o.counters, historyLostAt: 0 }
   let reserved = 0
 
