@@ -103,7 +103,7 @@ export interface FeatureParts<Store> {
   open: (binding: TierBinding) => Store | Promise<Store>
   /** Before the swap: what moves from the old store to the new one; a rejection keeps the feature where it was. */
   handOver?: (from: Store | null, to: Store) => Promise<void>
-  /** After the swap (`next`: the store now in use), or on app close (`next`: null). */
+  /** After the swap (`next`: the store now in use); on app close, or for a store whose hand-over failed (`next`: null). */
   close?: (store: Store, next: Store | null) => Promise<void>
   /** Counts a tier failure the guard turned into a 503. */
   onTierError?: (err: unknown) => void
