@@ -131,7 +131,7 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     bind (requirement, rebind) {
       const declared = requirement.outage ?? 'unavailable'
       const choice = requirement.outagePolicy ?? parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
-      if (choice === 'memory' && requirement.fallback !== 'memory') {
+      if (choice === 'memory' && (requirement.fallback !== 'memory' || requirement.memoryRefused !== undefined)) {
         throw new ConfigError(`Invalid configuration: ${envPrefix(requirement.feature)}_ON_OUTAGE=memory is not supported: the ${requirement.feature} feature cannot run in memory`)
       }
       const outage = choice ?? declared

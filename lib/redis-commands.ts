@@ -46,6 +46,14 @@ export function isNoScript (err: unknown): boolean {
   return /NOSCRIPT/.test(String((err as Error | undefined)?.message ?? err))
 }
 
+/**
+ * What a script call that failed is billed: a NOSCRIPT answer ran nothing but the EVALSHA itself
+ * (1); any other failure may have run the script, so `cost` (every path's commands) is billed.
+ */
+export function billedOnFailure (err: unknown, cost: number): number {
+  return isNoScript(err) ? 1 : cost
+}
+
 /** The billed count of a reply that is a list (removed keys, swept users): its length, else 0. */
 export function lengthOf (reply: unknown): number {
   return Array.isArray(reply) ? reply.length : 0

@@ -35,6 +35,11 @@ export interface FeatureRequirement {
    * stays on its tier, and the boot report and /health name the policy.
    */
   outagePolicy?: 'local' | 'open' | 'closed'
+  /**
+   * Why the memory fallback is refused here (an in-process queue in production loses jobs on
+   * restart): the feature is skipped instead, with this added to the reason.
+   */
+  memoryRefused?: string
   /** What the feature does differently on a tier (e.g. queues on rest only produce): added to the reason. */
   notes?: Partial<Record<Tier, string>>
 }
@@ -74,6 +79,10 @@ export function envPrefix (feature: string): string {
  * Throws ConfigError when a flag holds an invalid value.
  */
 export function resolveTier (req: FeatureRequirement, tiers: Record<RedisTier, TierAvailability>, read: ReadVariable): Resolution {
+  if (req.memoryRefused !== undefined) {
+    const resolution = resolveTier({ ...req, fallback: 'skip', memoryRefused: undefined }, tiers, read)
+    return resolution.status === 'skipped' ? { ...resolution, reason: `${resolution.reason}; ${req.memoryRefused}` } : resolution
+  }
   const { feature } = req
   const accepted = acceptedTiers(req)
   const skipped = (reason: string): Resolution => ({ feature, status: 'skipped', tier: null, reason, shared: false })

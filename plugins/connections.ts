@@ -107,6 +107,8 @@ export interface Connections {
    * deadline and metered as `feature`'s; null for memory (or a tier that is not reachable).
    */
   commands: (tier: Tier, timeoutMs: number, feature: string) => RedisCommands | null
+  /** The shared client of a Redis tier, for a library that makes its own connections from it (BullMQ); null for memory or a tier not reached. */
+  client: (tier: Tier) => unknown
   /** Commands each feature sent (Lua scripts' own commands included) and the daily budget. */
   readonly usage: Usage
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
@@ -212,6 +214,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: read,
     commands: commandsOn,
+    client: clientOf,
     usage,
     bus: buses.bus,
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),

@@ -4,7 +4,7 @@ import calculateSlot from 'cluster-key-slot'
 import type { ReadVariable } from '../config'
 import type { DiagnosisContext, Failure } from '../diagnose'
 import { clusterSeeds, tcpSettings, tcpTarget, type TcpTarget } from './tcp-target'
-import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
+import { billedOnFailure, isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
 import type { CommandObserver, LiveSignals, ProbeResult, TargetResult, TierDefinition, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
 import { ProbeTimeout } from '../errors'
@@ -183,7 +183,7 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter, observ
       billed = script.cost(keys.length, reply)
       return reply
     } catch (err) {
-      if (!isNoScript(err)) billed = script.cost(keys.length, undefined)
+      billed = billedOnFailure(err, script.cost(keys.length, undefined))
       throw err
     } finally {
       meter(billed)
