@@ -177,9 +177,11 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   })
   // maxmemory and its policy, once: one command per reachable tier, and none on a tier that refuses them all.
   await Promise.all([...live.values()].filter((t) => t.client() !== null && t.state.refusing === null).map(async (t) => await refusals.measure(t.driver.tier)))
-  const clientOf = (tier: Tier): unknown => tier === 'memory' ? null : live.get(tier)?.client() ?? null
+  // The memory tier has no driver, so it is in neither map: its client and commands are null.
+  const liveOf = (tier: Tier): LiveTier | undefined => live.get(tier as RedisTier)
+  const clientOf = (tier: Tier): unknown => liveOf(tier)?.client() ?? null
   const commandsOn = (tier: Tier, timeoutMs: number, feature: string): RedisCommands | null => {
-    const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
+    const driver = liveOf(tier)?.driver
     const client = clientOf(tier)
     return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
   }
@@ -196,7 +198,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     isUp: (tier) => tiers[tier].reachable && tiers[tier].refusing?.cause !== 'quota',
     onChange (change, state) {
       const line = `feature ${change.feature}: ${change.from ?? 'skipped'} -> ${change.to ?? 'skipped'} (${change.reason})`
-      log[state.tier === 'memory' ? 'warn' : 'info']({ feature: change.feature, from: change.from, to: change.to, transitions: state.transitions }, line)
+      log[state.status === 'active' && !state.shared ? 'warn' : 'info']({ feature: change.feature, from: change.from, to: change.to, transitions: state.transitions }, line)
       changes.emit('change', change)
     },
     onRebindError: (feature, err) => warn(`rebind-${feature}`, `feature ${feature} could not move, it stays where it is: ${redact(err).message}`, { feature })
@@ -222,7 +224,7 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     health: reported.health,
     status: reported.status,
     redact,
-    explain: (tier, err) => explain(tier === null || tier === 'memory' ? null : tiers[tier], tier, err, redact, safe)
+    explain: (tier, err) => explain(tier !== null && tier in tiers ? tiers[tier as RedisTier] : null, tier, err, redact, safe)
   } satisfies Connections)
 
   fastify.addHook('onReady', async () => {
