@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { redisPresenceStore, memoryPresenceStore, SWEEP_BATCH, type OnlineUser, type PresenceEntry, type PresenceEvent, type PresenceEventType, type PresenceStore } from '../lib/presence/store'
 import { seenUsers } from '../lib/presence/seen'
+import { coalescingPresenceStore, presenceFlushMs } from '../lib/presence/coalesce'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { FeatureUnavailableError, InvalidInputError } from '../lib/errors'
 import { claimFeatureDecorator } from '../lib/decorators'
@@ -60,6 +61,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     ttlMs: parseIntegerVariable(variable, 'PRESENCE_TTL_MS', 60_000, 10, 86_400_000),
     lastSeenTtlMs: parseDurationVariable(variable, 'PRESENCE_LAST_SEEN_TTL', '7d')
   }
+  const flushMs = presenceFlushMs(variable, times.ttlMs)
   const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
   const prefix = resolvePrefix(opts.prefix, 'PRESENCE_PREFIX', variable)
   const channel = `${prefix}:presence:events`
@@ -84,13 +86,19 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     fastify.sse.publish(SSE_CHANNEL, event, { event: event.type }).catch((err: Error) => warn('presence-sse', `presence event not streamed: ${connections.redact(err).message}`))
   }
 
+  /** Every presence event, from any instance: the coalescing store hears it (what it assumes stays true), then the listeners. */
+  function heard (event: PresenceEvent): void {
+    binding.store?.observe?.(event)
+    emit(event)
+  }
+
   function onEvent (message: unknown): void {
     const m = message as Partial<PresenceEvent> & { meta?: unknown, userIds?: unknown } | null
     if (m !== null && typeof m === 'object' && m.type === 'leave' && Array.isArray(m.userIds)) {
       for (const userId of m.userIds) {
         if (typeof userId !== 'string') continue
         seen.left(userId)
-        emit({ type: 'leave', userId }) // a sweep's batch
+        heard({ type: 'leave', userId }) // a sweep's batch
       }
       return
     }
@@ -100,7 +108,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     if (typeof meta === 'string') {
       try { meta = JSON.parse(meta) } catch { /* left as text */ }
     }
-    emit({ type: m.type, userId: m.userId, ...(m.status !== undefined ? { status: m.status } : {}), ...(meta !== undefined ? { meta } : {}) })
+    heard({ type: m.type, userId: m.userId, ...(m.status !== undefined ? { status: m.status } : {}), ...(meta !== undefined ? { meta } : {}) })
   }
 
   /** The store of one resolution and its event subscription: the same event path on every tier. */
@@ -111,9 +119,11 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     if (tier === null) return { tier, reason: resolution.reason, store: null, commands: null }
     const commands = tier === 'memory' ? null : connections.commands(tier, timeoutMs, 'presence')
     const bus = connections.bus(tier)
-    const store = commands !== null
+    // Heartbeats are coalesced where they are billed; the memory tier writes each one at once (free).
+    const store = coalescingPresenceStore(commands !== null
       ? redisPresenceStore(commands, prefix, channel, times)
-      : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${connections.redact(err).message}`)) })
+      : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${connections.redact(err).message}`)) }),
+    { flushMs: commands !== null ? flushMs : 0, ttlMs: times.ttlMs, refreshMs: Math.floor(times.lastSeenTtlMs / 2) })
     const stop = await bus.subscribe(channel, onEvent)
     return { tier, reason: resolution.reason, store, commands, stop }
   }
@@ -137,6 +147,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     const old = binding
     binding = fresh
     await old.stop?.()
+    await old.store?.close?.(Date.now()).catch(() => {}) // best effort: the old tier may be the one that went away
   }))
 
   /**
@@ -221,9 +232,10 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     }
   }
 
-  // Expiry: every instance sweeps, every PRESENCE_TTL_MS / 2, until nothing expired is left (in
-  // batches of SWEEP_BATCH, each one round trip), so a leave is never later than half a TTL
-  // whatever the rate. The script removes each user once and publishes its leave once.
+  // Every PRESENCE_FLUSH_MS the store writes the heartbeats it coalesced; when a sweep is due (every
+  // PRESENCE_TTL_MS / 2, while anyone may be online) it folds into that script, and repeats until
+  // nothing expired is left (batches of SWEEP_BATCH), so a leave is never later than half a TTL
+  // (plus one tick) whatever the rate. The script removes each user once and publishes its leave once.
   let sweeping = false
   let closed = false
   async function sweepExpired (active: PresenceStore): Promise<void> {
@@ -244,7 +256,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
   const sweeper = setInterval(() => {
     seen.prune(Date.now())
     if (binding.store !== null) void sweepExpired(binding.store)
-  }, Math.max(10, Math.floor(times.ttlMs / 2)))
+  }, Math.max(10, flushMs > 0 ? flushMs : Math.floor(times.ttlMs / 2)))
   sweeper.unref()
 
   // Redis came back empty: the users seen here are written back as last seen (no join: they never
@@ -259,12 +271,17 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     }, (err: Error) => warn('presence-restore', `presence: users seen here could not be written back after Redis came back empty: ${connections.redact(err).message}`))
   })
 
-  connections.describe('presence', () => ({ ttlMs: times.ttlMs, stats: presence.stats() }))
+  connections.describe('presence', () => ({ ttlMs: times.ttlMs, flushMs, stats: presence.stats() }))
   fastify.decorate('presence', presence)
   fastify.addHook('onClose', async () => {
     offRestarted()
     closed = true
     clearInterval(sweeper)
+    try {
+      await binding.store?.close?.(Date.now()) // the heartbeats coalesced here are not lost on a graceful shutdown
+    } catch (err) {
+      warn('presence-flush', `presence: the last coalesced heartbeats were not written: ${connections.redact(err).message}`)
+    }
     await binding.stop?.()
   })
 }
