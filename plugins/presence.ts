@@ -123,7 +123,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     const store = coalescingPresenceStore(commands !== null
       ? redisPresenceStore(commands, prefix, channel, times)
       : memoryPresenceStore(times, (event) => { bus.publish(channel, event).catch((err: Error) => warn('presence-event', `presence event lost: ${connections.redact(err).message}`)) }),
-    { flushMs: commands !== null ? flushMs : 0, ttlMs: times.ttlMs, refreshMs: Math.floor(times.lastSeenTtlMs / 2) })
+    { flushMs: commands !== null ? flushMs : 0, ttlMs: times.ttlMs, refreshMs: Math.floor(times.lastSeenTtlMs / 2), onEvent: toBrowsers })
     const stop = await bus.subscribe(channel, onEvent)
     return { tier, reason: resolution.reason, store, commands, stop }
   }

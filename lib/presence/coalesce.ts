@@ -1,6 +1,6 @@
 import { parseIntegerVariable, type ReadVariable } from '../config'
 import { ConfigError } from '../errors'
-import { SWEEP_BATCH, type Beat, type PresenceEvent, type PresenceStore } from './store'
+import { SWEEP_BATCH, type Beat, type PresenceEvent, type PresenceEventType, type PresenceStore } from './store'
 
 // Presence billed per instance, not per heartbeat. A heartbeat that changes
 // nothing (a device this instance already wrote, same status and meta, within
@@ -24,7 +24,12 @@ export interface CoalesceOptions {
   ttlMs: number
   /** A full heartbeat at least this often per device, so the per-user keys' TTL (lastSeen TTL) is refreshed. */
   refreshMs: number
+  /** The event of a coalesced heartbeat written as a full one by the flush (a user back after expiring). */
+  onEvent?: (event: PresenceEvent) => void
 }
+
+/** A pending heartbeat, with what it would write as a full one. */
+interface Pending extends Beat { status: string, metaJson: string }
 
 interface KnownDevice { at: number, sentAt: number }
 interface KnownUser { status: string, metaJson: string, devices: Map<string, KnownDevice> }
@@ -40,7 +45,10 @@ export function coalescingPresenceStore (store: PresenceStore, options: Coalesce
   const { flushMs, ttlMs, refreshMs } = options
   const sweepEveryMs = Math.max(1, Math.floor(ttlMs / 2))
   const known = new Map<string, KnownUser>()
-  const pending = new Map<string, Beat>()
+  const pending = new Map<string, Pending>()
+  // Devices this instance wrote are remembered this long without a heartbeat here: behind a
+  // round-robin balancer an instance sees each user once every (instances x interval).
+  const forgetAfterMs = 10 * ttlMs
   // Whether a sweep may find anyone: true at boot (users may be online from before), after any
   // heartbeat or join seen, false once a sweep leaves nobody online.
   let mayBeOnline = true
@@ -53,8 +61,8 @@ export function coalescingPresenceStore (store: PresenceStore, options: Coalesce
     if (user?.devices.size === 0) known.delete(userId)
   }
 
-  function take (): Beat[] {
-    const beats: Beat[] = []
+  function take (): Pending[] {
+    const beats: Pending[] = []
     for (const [key, beat] of pending) {
       if (beats.length === FLUSH_BATCH) break
       beats.push(beat)
@@ -74,13 +82,23 @@ export function coalescingPresenceStore (store: PresenceStore, options: Coalesce
       for (const beat of beats) if (!pending.has(member(beat.userId, beat.device))) pending.set(member(beat.userId, beat.device), beat)
       throw err
     }
-    for (const { userId, device } of result.stale) forgetDevice(userId, device)
+    for (const { userId, device } of result.left) forgetDevice(userId, device)
     for (const userId of result.gone) known.delete(userId)
+    // The device expired before these heartbeats (nobody heartbeated it anywhere within the TTL,
+    // or Redis came back empty): the user is back, written as a full heartbeat (a join if offline).
+    const byMember = new Map(beats.map((beat) => [member(beat.userId, beat.device), beat]))
+    await Promise.all(result.expired.map(async ({ userId, device }) => {
+      const beat = byMember.get(member(userId, device))
+      if (beat === undefined) return
+      forgetDevice(userId, device)
+      const event = await write(beat.userId, beat.device, beat.status, beat.metaJson, beat.at)
+      if (event !== null) options.onEvent?.({ type: event, userId, status: beat.status, meta: JSON.parse(beat.metaJson) as unknown })
+    }))
     if (!sweep) return null
     if (result.gone.length < SWEEP_BATCH) nextSweepAt = now + sweepEveryMs
-    if (result.online === 0 && known.size === 0 && touched === before) mayBeOnline = false
+    if (result.online === 0 && touched === before) mayBeOnline = false
     for (const [userId, user] of known) {
-      for (const [device, d] of user.devices) if (d.at <= now - ttlMs) user.devices.delete(device)
+      for (const [device, d] of user.devices) if (d.at <= now - forgetAfterMs) user.devices.delete(device)
       if (user.devices.size === 0) known.delete(userId)
     }
     return result.gone
@@ -99,6 +117,19 @@ export function coalescingPresenceStore (store: PresenceStore, options: Coalesce
     return gone
   }
 
+  /** A full heartbeat, remembered: the next ones of this device (same status and meta) are coalesced. */
+  async function write (userId: string, device: string, status: string, metaJson: string, now: number): Promise<PresenceEventType | null> {
+    const event = await store.heartbeat(userId, device, status, metaJson, now)
+    const next = known.get(userId) ?? { status, metaJson, devices: new Map<string, KnownDevice>() }
+    Object.assign(next, { status, metaJson })
+    const d = next.devices.get(device)
+    next.devices.set(device, { at: Math.max(d?.at ?? 0, now), sentAt: now })
+    known.set(userId, next)
+    const waiting = pending.get(member(userId, device))
+    if (waiting !== undefined && waiting.at <= now) pending.delete(member(userId, device))
+    return event
+  }
+
   return {
     ...store,
     async heartbeat (userId, device, status, metaJson, now) {
@@ -106,20 +137,12 @@ export function coalescingPresenceStore (store: PresenceStore, options: Coalesce
       touched++
       const user = known.get(userId)
       const d = user?.devices.get(device)
-      if (flushMs > 0 && user !== undefined && d !== undefined && user.status === status && user.metaJson === metaJson &&
-        now - d.sentAt < refreshMs && now - d.at < ttlMs - flushMs) {
+      if (flushMs > 0 && user !== undefined && d !== undefined && user.status === status && user.metaJson === metaJson && now - d.sentAt < refreshMs) {
         d.at = Math.max(d.at, now)
-        pending.set(member(userId, device), { userId, device, at: d.at })
+        pending.set(member(userId, device), { userId, device, at: d.at, status, metaJson })
         return null
       }
-      const event = await store.heartbeat(userId, device, status, metaJson, now)
-      const next = known.get(userId) ?? { status, metaJson, devices: new Map<string, KnownDevice>() }
-      Object.assign(next, { status, metaJson })
-      next.devices.set(device, { at: now, sentAt: now })
-      known.set(userId, next)
-      const waiting = pending.get(member(userId, device))
-      if (waiting !== undefined && waiting.at <= now) pending.delete(member(userId, device))
-      return event
+      return await write(userId, device, status, metaJson, now)
     },
     async restore (userId, device, status, metaJson, at) {
       mayBeOnline = true

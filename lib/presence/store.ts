@@ -60,8 +60,10 @@ export interface PresenceStore {
 export interface Beat { userId: string, device: string, at: number }
 
 export interface FlushResult {
-  /** Heartbeats not written: the device had left or expired meanwhile (its next heartbeat must be a full one). */
-  stale: Array<{ userId: string, device: string }>
+  /** Heartbeats not written because the device had expired before them: the user is back, write them as full heartbeats. */
+  expired: Array<{ userId: string, device: string }>
+  /** Heartbeats not written because the user or the device left after them: dropped. */
+  left: Array<{ userId: string, device: string }>
   /** Users the sweep removed (each with one leave, published by the store). */
   gone: string[]
   /** Users left online after the sweep; null without a sweep. */
@@ -118,7 +120,8 @@ redis.call('PEXPIRE', KEYS[3], ARGV[7])
 return written`, (_keys, written) => Number(written) === 1 ? 5 : 4)
 
 // KEYS: online, devices, info, seen. ARGV: user, device, now, ttl, channel. Replies { code, commands }:
-// 1: a leave; 0: another device is live (read from `devices`, where flushes write); 2: the user was not online.
+// 1: a leave; 0: another device is live (read from `devices`, where flushes write; the device's
+// leave time goes in `seen`, so a flush never brings it back with an older heartbeat); 2: the user was not online.
 const LEAVE = lua(`
 local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[4])
 redis.call('HDEL', KEYS[3], 'd:' .. ARGV[2])
@@ -132,7 +135,10 @@ if #others > 0 then
   n = n + 1
   local scores = redis.call('ZMSCORE', KEYS[2], unpack(others))
   for i = 1, #others do
-    if scores[i] and tonumber(scores[i]) > cutoff then return { 0, n } end
+    if scores[i] and tonumber(scores[i]) > cutoff then
+      redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1] .. '\\n' .. ARGV[2])
+      return { 0, n + 1 }
+    end
   end
 end
 n = n + 1
@@ -153,14 +159,16 @@ export const SWEEP_BATCH = 500
 // KEYS: online, devices, seen. ARGV: now, ttl, sweep (1 or 0), batch, key prefix, channel,
 // lastSeenTtl, then a member (`<user>\n<device>`) and its heartbeat time per coalesced heartbeat.
 // Writes the heartbeats of devices still live in `devices` (XX GT: never re-adds a device that
-// left or expired, never moves a score back) with one ZADD per sorted set, and answers the
-// others as stale; the sweep (one leave message per batch, lastSeen of each user in one ZADD of
-// `seen`) folds into the same script. Replies { commands, stale, gone, online after the sweep or -1 }.
+// left or expired, never moves a score back) with one ZADD per sorted set. Of the others, one
+// ZMSCORE of `seen` tells those whose user or device left after the heartbeat (dropped) from
+// those that expired before it (answered, to be written as full heartbeats: the user is back).
+// The sweep (one leave message per batch, lastSeen of each user in one ZADD of `seen`) folds
+// into the same script. Replies { commands, expired, left, gone, online after the sweep or -1 }.
 const FLUSH = lua(`
 local now = tonumber(ARGV[1])
 local cutoff = now - tonumber(ARGV[2])
 local n = 0
-local stale = {}
+local stale, expired, left = {}, {}, {}
 local beats = (#ARGV - 7) / 2
 if beats > 0 then
   local members = {}
@@ -176,7 +184,25 @@ if beats > 0 then
       local user = string.match(members[i], '^(.-)\\n')
       if not latest[user] or latest[user] < at then latest[user] = at end
     else
-      table.insert(stale, members[i])
+      table.insert(stale, i)
+    end
+  end
+  if #stale > 0 then
+    local asked = {}
+    for _, i in ipairs(stale) do
+      table.insert(asked, string.match(members[i], '^(.-)\\n'))
+      table.insert(asked, members[i])
+    end
+    local leftAt = redis.call('ZMSCORE', KEYS[3], unpack(asked))
+    n = n + 1
+    for j, i in ipairs(stale) do
+      local at = tonumber(ARGV[7 + 2 * i])
+      local user, device = leftAt[2 * j - 1], leftAt[2 * j]
+      if (user and tonumber(user) >= at) or (device and tonumber(device) >= at) then
+        table.insert(left, members[i])
+      else
+        table.insert(expired, members[i])
+      end
     end
   end
   if #devices > 0 then
@@ -214,7 +240,7 @@ if ARGV[3] == '1' then
   online = redis.call('ZCARD', KEYS[1])
   n = n + 3
 end
-return { n, stale, gone, online }`, (_keys, reply) => Array.isArray(reply) ? Number(reply[0]) : 0)
+return { n, expired, left, gone, online }`, (_keys, reply) => Array.isArray(reply) ? Number(reply[0]) : 0)
 
 // KEYS: online. ARGV: cutoff, offset, limit, key prefix
 const LIST = lua(`
@@ -259,15 +285,17 @@ export function redisPresenceStore (commands: RedisCommands, prefix: string, cha
     const args: Array<string | number> = [now, times.ttlMs, sweep ? 1 : 0, SWEEP_BATCH, base, channel, times.lastSeenTtlMs]
     for (const beat of beats) args.push(`${beat.userId}\n${beat.device}`, beat.at)
     const reply = await commands.eval(FLUSH, [online, devices, seen], args)
-    const [, stale, gone, left] = Array.isArray(reply) ? reply as [number, unknown, unknown, unknown] : [0, [], [], -1]
+    const [, expired, left, gone, remaining] = Array.isArray(reply) ? reply as unknown[] : []
+    const pairs = (members: unknown): Array<{ userId: string, device: string }> => (Array.isArray(members) ? members : []).map((member) => {
+      const [userId, device] = String(member).split('\n')
+      return { userId, device }
+    })
     return {
-      stale: (Array.isArray(stale) ? stale : []).map((member) => {
-        const [userId, device] = String(member).split('\n')
-        return { userId, device }
-      }),
+      expired: pairs(expired),
+      left: pairs(left),
       // @upstash/redis parses replies that look like JSON: a user id of digits comes back a number.
       gone: Array.isArray(gone) ? gone.map(String) : [],
-      online: sweep ? Number(left) : null
+      online: sweep ? Number(remaining) : null
     }
   }
   return {
@@ -312,6 +340,7 @@ interface MemoryUser { devices: Map<string, number>, status: string, meta: strin
 export function memoryPresenceStore (times: PresenceTimes, publish: (event: PresenceEvent) => void): PresenceStore {
   const users = new Map<string, MemoryUser>()
   const lastSeen = new Map<string, number>()
+  const devicesLeft = new Map<string, number>() // `<user>\n<device>` -> when the device left while its user stayed online
   const isOnline = (u: MemoryUser, now: number): boolean => u.lastSeen > now - times.ttlMs
   const toEntry = (userId: string, u: MemoryUser): PresenceEntry => ({ userId, status: u.status, meta: JSON.parse(u.meta) as unknown, lastSeen: u.lastSeen })
   const event = publish
@@ -326,6 +355,7 @@ export function memoryPresenceStore (times: PresenceTimes, publish: (event: Pres
       event({ type: 'leave', userId })
     }
     for (const [userId, at] of lastSeen) if (at <= now - times.lastSeenTtlMs) lastSeen.delete(userId)
+    for (const [key, at] of devicesLeft) if (at <= now - times.lastSeenTtlMs) devicesLeft.delete(key)
     return gone
   }
   return {
@@ -355,7 +385,10 @@ export function memoryPresenceStore (times: PresenceTimes, publish: (event: Pres
       if (user === undefined) return false
       user.devices.delete(device)
       for (const [d, at] of user.devices) if (at <= now - times.ttlMs) user.devices.delete(d)
-      if (user.devices.size > 0) return false
+      if (user.devices.size > 0) {
+        devicesLeft.set(`${userId}\n${device}`, now)
+        return false
+      }
       users.delete(userId)
       lastSeen.set(userId, now)
       event({ type: 'leave', userId })
@@ -363,12 +396,15 @@ export function memoryPresenceStore (times: PresenceTimes, publish: (event: Pres
     },
     sweep,
     async flush (beats, now, sweeping) {
-      const stale: FlushResult['stale'] = []
+      const expired: FlushResult['expired'] = []
+      const left: FlushResult['left'] = []
       for (const { userId, device, at } of beats) {
         const user = users.get(userId)
         const last = user?.devices.get(device)
         if (user === undefined || !live(last, now)) {
-          stale.push({ userId, device })
+          // As `seen` on Redis: the user's leave (lastSeen of a user no longer here) or the device's, after this heartbeat?
+          const leftAt = Math.max(user === undefined ? lastSeen.get(userId) ?? 0 : 0, devicesLeft.get(`${userId}\n${device}`) ?? 0)
+          ;(leftAt >= at ? left : expired).push({ userId, device })
           continue
         }
         user.devices.set(device, Math.max(last ?? 0, at))
@@ -376,7 +412,7 @@ export function memoryPresenceStore (times: PresenceTimes, publish: (event: Pres
         lastSeen.set(userId, Math.max(lastSeen.get(userId) ?? 0, at))
       }
       const gone = sweeping ? await sweep(now) : []
-      return { stale, gone, online: sweeping ? users.size : null }
+      return { expired, left, gone, online: sweeping ? users.size : null }
     },
     async count (now) {
       let n = 0
