@@ -3,15 +3,17 @@ import { ConfigError } from '../errors'
 import { SWEEP_BATCH, type Beat, type PresenceEvent, type PresenceEventType, type PresenceStore } from './store'
 
 // Presence billed per instance, not per heartbeat. A heartbeat that changes
-// nothing (a device this instance already wrote, same status and meta, within
-// the TTL) is not sent: it waits here, and every flush interval the pending
-// heartbeats of the instance go out in one script (one ZADD of many members
-// is one command, however many users). Joins, new devices, status or meta
-// changes and leaves are written at once, as before. The sweep folds into
-// the flush when it is due (every TTL / 2), and runs only while someone may
-// be online. Consequences, stated in docs/presence.md: a score (lastSeen of
-// an online user, list order) may be up to one flush interval old; an
-// instance that dies loses at most one interval of coalesced heartbeats.
+// nothing (a device this instance already wrote, same status and meta) is not
+// sent: it waits here, and every flush interval the pending heartbeats of the
+// instance go out in one script (one ZADD of many members is one command,
+// however many users). Joins, new devices, status or meta changes and leaves
+// are written at once, as before. A pending heartbeat whose device expired in
+// the meantime (nobody heartbeated it anywhere within the TTL) is written as
+// a full one right after the flush: the user is back, with a join. The sweep
+// folds into the flush when it is due (every TTL / 2), and runs only while
+// someone may be online. Consequences, stated in docs/presence.md: a score
+// (lastSeen of an online user, list order) may be up to one flush interval
+// old; an instance that dies loses at most one interval of coalesced heartbeats.
 
 export const DEFAULT_FLUSH_MS = 5000
 
