@@ -190,6 +190,40 @@ for (const [tier, users] of [['tcp', 5000], ['rest', 1000]] as const) {
   })
 }
 
+t.test('PRESENCE_FLUSH_MS must be well under the TTL, and says so naming both variables', async (t) => {
+  await t.rejects(build(t, { ...BASE, PRESENCE_TTL_MS: 1000, PRESENCE_FLUSH_MS: 500 }), { message: /PRESENCE_FLUSH_MS must be at most a quarter of PRESENCE_TTL_MS \(250 for PRESENCE_TTL_MS=1000\)/ })
+  await t.rejects(build(t, { ...BASE, PRESENCE_FLUSH_MS: 'soon' }), { message: /PRESENCE_FLUSH_MS must be a whole number/ })
+})
+
+t.test('tcp: a graceful shutdown writes the heartbeats waiting for the flush', async (t) => {
+  const redis = await startRedisServer(t)
+  const env = { ...BASE, REDIS_URL: redis.url, PRESENCE_PREFIX: `close${++namespaces}`, PRESENCE_TTL_MS: 60_000, PRESENCE_FLUSH_MS: 10_000 }
+  const a = await build(t, env)
+  const b = await build(t, env)
+  await a.app.presence.heartbeat('hal')
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  const beat = Date.now()
+  await a.app.presence.heartbeat('hal') // waits for a flush 10 s away
+  t.ok(((await b.app.presence.get('hal'))?.lastSeen ?? 0) < beat, 'not written yet')
+  await a.app.close()
+  t.ok(((await b.app.presence.get('hal'))?.lastSeen ?? 0) >= beat, 'written on close')
+})
+
+t.test('tcp: a heartbeat that changes nothing answers at once while Redis is paused, and is written once it answers', async (t) => {
+  const redis = await startRedisServer(t)
+  const { app } = await build(t, { ...BASE, REDIS_URL: redis.url, PRESENCE_TTL_MS: 60_000, PRESENCE_FLUSH_MS: 200 })
+  await app.presence.heartbeat('ivy')
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const beat = Date.now()
+  const res = await app.inject({ method: 'POST', url: '/presence/heartbeat', headers: as('ivy'), payload: {} })
+  t.equal(res.statusCode, 200)
+  t.ok(Date.now() - beat < 100, 'at once')
+  await new Promise((resolve) => setTimeout(resolve, 700)) // flushes fail meanwhile and keep the heartbeat
+  redis.resume()
+  await eventually(async () => ((await app.presence.get('ivy').catch(() => null))?.lastSeen ?? 0) >= beat, 5000, 'written by a later flush')
+})
+
 // Coalescing (PRESENCE_FLUSH_MS): two instances behind a round-robin balancer, on tcp and rest.
 // Stated bounds (docs/presence.md): a join, status change or leave is in Redis when the call
 // returns (visible on every instance at once; its event arrives over pub/sub); a heartbeat that
