@@ -147,7 +147,7 @@ async function presencePlugin (fastify: FastifyInstance, opts: PresencePluginOpt
     const old = binding
     binding = fresh
     await old.stop?.()
-    await old.store?.close?.(Date.now()).catch(() => {}) // best effort: the old tier may be the one that went away
+    void old.store?.close?.(Date.now()).catch(() => {}) // best effort, not awaited: the old tier may be the one that went away
   }))
 
   /**
