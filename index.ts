@@ -14,11 +14,16 @@ export { default as presence } from './plugins/presence'
 export { default as queues } from './plugins/queues'
 export { default as rateLimit } from './plugins/rate-limit'
 export {
+  BusClosedError,
   ConfigError,
+  DeadlineError,
   DecoratorTakenError,
+  DefineError,
   FeatureUnavailableError,
   ForbiddenError,
+  InvalidChannelError,
   InvalidInputError,
+  ProbeTimeout,
   NotFoundError,
   RateLimitedError,
   RedisRequiredError,
@@ -39,6 +44,7 @@ export type { RateLimitPluginOptions, RateLimit, RateLimitConsumeOptions, RateLi
 export type { Bus, MessageHandler, Unsubscribe } from './lib/bus'
 export type { Tier, RedisTier, FeatureRequirement, Resolution } from './lib/resolve-tier'
 export type { OutageBehaviour } from './lib/feature-bindings'
+export type { FeatureStatus } from './lib/feature'
 export type { EnvInput } from './lib/config'
 export type { StatusPageOptions, StatusSnapshot, StatusSample } from './routes/status'
 export type { MetricsOptions } from './routes/metrics'

@@ -1,3 +1,4 @@
+import { BusClosedError, InvalidChannelError } from './errors'
 import type { Tier } from './resolve-tier'
 
 // One pub/sub API for every tier. Channels are ref-counted: the first handler
@@ -73,7 +74,7 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver, resumed
 
   function validate (channel: string): void {
     if (typeof channel !== 'string' || channel.length === 0 || channel.length > MAX_CHANNEL_LENGTH || /[\s*?[\]]/.test(channel)) {
-      throw new TypeError(`invalid channel name ${JSON.stringify(String(channel).slice(0, 40))}: 1-${MAX_CHANNEL_LENGTH} characters, no spaces or glob characters`)
+      throw new InvalidChannelError(`invalid channel name ${JSON.stringify(String(channel).slice(0, 40))}: 1-${MAX_CHANNEL_LENGTH} characters, no spaces or glob characters`)
     }
   }
 
@@ -81,7 +82,7 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver, resumed
     tier,
     async subscribe (channel, handler, onResume) {
       validate(channel)
-      if (closed) throw new Error('the bus is closed')
+      if (closed) throw new BusClosedError()
       let entry = channels.get(channel)
       if (entry === undefined) {
         const live = transport.listen(channel).catch((err: Error) => onError(err, channel))
@@ -108,7 +109,7 @@ export function createBus (tier: Tier, makeTransport: (deliver: Deliver, resumed
     },
     async publish (channel, message) {
       validate(channel)
-      if (closed) throw new Error('the bus is closed')
+      if (closed) throw new BusClosedError()
       await transport.publish(channel, JSON.stringify(message ?? null))
     },
     subscriptions () {

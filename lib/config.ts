@@ -4,24 +4,11 @@ import { parseConfigDuration } from './duration'
 /** Raw settings: environment variables, overridden by plugin options of the same names. */
 export type EnvInput = Record<string, string | number | boolean | undefined>
 
+/** What every tier shares; each tier reads its own variables (lib/tiers/<tier>-target.ts). */
 export interface ConnectionSettings {
-  NODE_ENV?: string
-  REDIS_URL?: string
-  /** More cluster seed nodes, `host:port,host:port` (the first seed is REDIS_URL's). */
-  REDIS_CLUSTER_NODES?: string
-  REDIS_HOST?: string
-  REDIS_PORT?: number
-  REDIS_USERNAME?: string
-  REDIS_PASSWORD?: string
-  REDIS_DB?: number
-  REDIS_TLS?: boolean
   REDIS_CONNECT_TIMEOUT_MS: number
   REDIS_COMMAND_TIMEOUT_MS: number
   REDIS_REQUIRED: boolean
-  UPSTASH_REDIS_REST_URL?: string
-  UPSTASH_REDIS_REST_TOKEN?: string
-  KV_REST_API_URL?: string
-  KV_REST_API_TOKEN?: string
 }
 
 export interface Settings {
@@ -44,25 +31,15 @@ export function loadSettings (base: EnvInput, overrides: EnvInput = {}): Setting
   return { connection: parseConnectionSettings((name) => env[name]), env }
 }
 
-const TEXT_VARIABLES = ['NODE_ENV', 'REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_HOST', 'REDIS_USERNAME', 'REDIS_PASSWORD', 'UPSTASH_REDIS_REST_URL', 'UPSTASH_REDIS_REST_TOKEN', 'KV_REST_API_URL', 'KV_REST_API_TOKEN'] as const
-
 // Hand-parsed with the same helpers as every feature variable (one message
 // shape everywhere), rather than through a JSON-schema compiler of its own:
 // that alone cost about a sixth of a cold start.
 function parseConnectionSettings (read: ReadVariable): ConnectionSettings {
-  const connection: ConnectionSettings = {
+  return {
     REDIS_CONNECT_TIMEOUT_MS: parseIntegerVariable(read, 'REDIS_CONNECT_TIMEOUT_MS', 2000, 1, 600_000),
     REDIS_COMMAND_TIMEOUT_MS: parseIntegerVariable(read, 'REDIS_COMMAND_TIMEOUT_MS', 1000, 1, 600_000),
     REDIS_REQUIRED: parseBooleanVariable(read, 'REDIS_REQUIRED', false)
   }
-  for (const name of TEXT_VARIABLES) {
-    const value = read(name)
-    if (value !== undefined) connection[name] = value
-  }
-  if (read('REDIS_PORT') !== undefined) connection.REDIS_PORT = parseIntegerVariable(read, 'REDIS_PORT', 0, 1, 65535)
-  if (read('REDIS_DB') !== undefined) connection.REDIS_DB = parseIntegerVariable(read, 'REDIS_DB', 0, 0, 1000)
-  if (read('REDIS_TLS') !== undefined) connection.REDIS_TLS = parseBooleanVariable(read, 'REDIS_TLS', false)
-  return connection
 }
 
 /** Parse a feature flag or similar boolean variable; throws ConfigError naming it. */

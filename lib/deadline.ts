@@ -1,10 +1,8 @@
+import { DeadlineError } from './errors'
+
 // The one way this code races a promise against a timer. Every Redis call,
 // probe and shutdown step is bounded; each used to carry its own hand-written
 // Promise.race and clearTimeout.
-
-export class DeadlineError extends Error {
-  code = 'ETIMEDOUT'
-}
 
 /** The promise's value, or a rejection with `error()` (default: "Redis did not answer") once `ms` have passed. */
 export async function withTimeout<T> (promise: Promise<T>, ms: number, error: () => Error = () => new DeadlineError(`Redis did not answer within ${ms} ms`)): Promise<T> {

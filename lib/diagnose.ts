@@ -1,8 +1,16 @@
+import { ProbeTimeout } from './errors'
+import type { RedisTier } from './resolve-tier'
+import { tierDefinition } from './tiers/registry'
+
 // A failed probe becomes one sentence: what went wrong, which variable to look
-// at, and what to change. Input errors are already redacted.
+// at, and what to change. Input errors are already redacted. The failures every
+// tier can have are named here; those only one tier has are its driver's
+// (TierDefinition.diagnose), asked after these.
+
+export { ProbeTimeout }
 
 export interface DiagnosisContext {
-  tier: 'tcp' | 'rest'
+  tier: RedisTier
   /** The variable that holds the address (REDIS_URL, REDIS_HOST, UPSTASH_REDIS_REST_URL, KV_REST_API_URL). */
   variable: string
   /** The variable that holds the secret (REDIS_URL, REDIS_PASSWORD, UPSTASH_REDIS_REST_TOKEN, ...). */
@@ -15,9 +23,15 @@ export interface DiagnosisContext {
   timeoutVariable?: string
 }
 
-export class ProbeTimeout extends Error {
-  override name = 'ProbeTimeout'
-  code = 'ETIMEDOUT'
+/** A failure as a tier's own diagnoses see it. */
+export interface Failure {
+  /** The innermost error code ('' when none). */
+  code: string
+  /** The messages of the error and its causes. */
+  message: string
+  /** `endpoint (VARIABLE)`: where, as the sentence names it. */
+  where: string
+  ctx: DiagnosisContext
 }
 
 const CERT_CODES = new Set([
@@ -74,11 +88,9 @@ export function diagnose (err: unknown, ctx: DiagnosisContext): string {
   if (/\bOOM command not allowed\b/.test(message)) {
     return `${where} is full (used memory is past maxmemory): it refuses writes and serves reads; raise maxmemory, set maxmemory-policy volatile-lru (not with queues: BullMQ needs noeviction), or keep less in it`
   }
-  const tlsHint = ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
-
+  const tier = tierDefinition(ctx.tier)
   if (err instanceof ProbeTimeout || code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || (err as Error | undefined)?.name === 'TimeoutError' || /Command timed out/.test(message)) {
-    const tlsTimeout = ctx.tls && ctx.tier === 'tcp' ? '; a server without TLS looks the same to rediss://, so if it has no TLS use redis://' : ''
-    return `no answer from ${where} within ${ctx.timeoutMs} ms: check the address and that this network may reach it, or raise ${ctx.timeoutVariable ?? 'REDIS_CONNECT_TIMEOUT_MS'}${ctx.tier === 'tcp' ? tlsHint : ''}${tlsTimeout}`
+    return `no answer from ${where} within ${ctx.timeoutMs} ms: check the address and that this network may reach it, or raise ${ctx.timeoutVariable ?? 'REDIS_CONNECT_TIMEOUT_MS'}${tier?.timeoutHint?.(ctx) ?? ''}`
   }
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_NONAME') {
     return `host of ${where} cannot be resolved (${code}): check the host name in ${ctx.variable}`
@@ -95,35 +107,7 @@ export function diagnose (err: unknown, ctx: DiagnosisContext): string {
   if (/wrong version number|EPROTO|ERR_SSL|packet length too long|before secure TLS connection/i.test(`${code} ${message}`)) {
     return `TLS handshake with ${where} failed: the server does not speak TLS on that port; use redis:// if it has no TLS, or the provider's TLS port`
   }
-  if (ctx.tier === 'tcp') {
-    if (/Stream isn't writeable|Connection is closed\.?$/i.test(message) && !/handshake/.test(message)) {
-      return `the connection to ${where} is down and is being re-established in the background; check that the server is running`
-    }
-    if (/WRONGPASS|invalid (username-)?password|invalid password/i.test(message)) {
-      return `authentication failed (WRONGPASS) at ${where}: the user name or password in ${ctx.secretVariable} is wrong`
-    }
-    if (/NOAUTH|Authentication required/i.test(message)) {
-      return `${where} requires a password (NOAUTH): put it in ${ctx.secretVariable === 'REDIS_URL' ? 'REDIS_URL as redis://:password@host:port' : ctx.secretVariable}`
-    }
-    if (/without any password configured|no password is set/i.test(message)) {
-      return `a password was given but ${where} has none configured: remove it from ${ctx.secretVariable}`
-    }
-    if (code === 'ECONNRESET' || /Connection is closed|socket hang up/i.test(message)) {
-      return `${where} closed the connection during the handshake${tlsHint}`
-    }
-    if (/Unknown RESP type|Protocol error/i.test(message)) {
-      return `${where} answered with something that is not Redis (an HTTP server or a proxy?): check the host and port in ${ctx.variable}`
-    }
-  } else {
-    if (/unauthori[sz]ed|WRONGPASS|NOAUTH|forbidden|NOPERM|invalid.*token|\b40[13]\b/i.test(message)) {
-      return `${where} rejected the token (HTTP 401/403): ${ctx.secretVariable} is wrong or lacks permission; copy the REST token again from the Upstash console`
-    }
-    if (/Unable to parse response body|JSON/i.test(message)) {
-      return `${where} did not answer like an Upstash REST endpoint: check that ${ctx.variable} is the REST URL (https://<name>.upstash.io), not a web page or proxy`
-    }
-    if (code === 'ECONNRESET' || /socket hang up|other side closed/i.test(message)) {
-      return `${where} closed the connection: check ${ctx.variable}`
-    }
-  }
+  const own = tier?.diagnose?.({ code, message, where, ctx })
+  if (own !== undefined && own !== null) return own
   return `cannot reach ${where}: ${message || String(err)}`
 }

@@ -1,6 +1,6 @@
 import { ConfigError } from './errors'
 import { parseChoiceVariable, type ReadVariable } from './config'
-import { envPrefix, resolveTier, type FeatureRequirement, type RedisTier, type Resolution, type TierAvailability } from './resolve-tier'
+import { acceptedTiers, envPrefix, resolveTier, type FeatureRequirement, type RedisTier, type Resolution, type TierAvailability } from './resolve-tier'
 
 // Features follow the tiers live. Each feature's resolution is re-made when a
 // tier changes: promoted when one of its better tiers has been up for the
@@ -79,7 +79,8 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
   /** Lower is better: the tier's place in the requirement, then memory, then skipped. */
   function rank (requirement: FeatureRequirement, resolution: Resolution): number {
     if (resolution.status === 'skipped') return Infinity
-    return resolution.tier === 'memory' ? requirement.tiers.length : requirement.tiers.indexOf(resolution.tier)
+    const accepted = acceptedTiers(requirement)
+    return resolution.tier === 'memory' ? accepted.length : accepted.indexOf(resolution.tier)
   }
 
   function next (binding: Binding, why: string): Resolution | null {
@@ -130,7 +131,7 @@ export function featureBindings (opts: BindingsOptions): FeatureBindings {
     bind (requirement, rebind) {
       const declared = requirement.outage ?? 'unavailable'
       const choice = requirement.outagePolicy ?? parseChoiceVariable(opts.read, `${envPrefix(requirement.feature)}_ON_OUTAGE`, ['memory', declared] as const)
-      if (choice === 'memory' && requirement.fallback !== 'memory') {
+      if (choice === 'memory' && (requirement.fallback !== 'memory' || requirement.memoryRefused !== undefined)) {
         throw new ConfigError(`Invalid configuration: ${envPrefix(requirement.feature)}_ON_OUTAGE=memory is not supported: the ${requirement.feature} feature cannot run in memory`)
       }
       const outage = choice ?? declared

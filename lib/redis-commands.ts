@@ -1,3 +1,4 @@
+import type { RedisTier } from './resolve-tier'
 
 // The few Redis commands the feature stores need, behind one interface so a
 // store is written once for tcp and rest. Every call has a deadline and is
@@ -24,7 +25,7 @@ export function lua (source: string, commands: number | ((keys: number, reply: u
 export type Meter = (commands: number) => void
 
 export interface RedisCommands {
-  readonly tier: 'tcp' | 'rest'
+  readonly tier: RedisTier
   get: (key: string) => Promise<string | null>
   /** Run a Lua script; tcp uses EVALSHA with an EVAL fallback, rest always EVAL (one round trip). */
   eval: (script: LuaScript, keys: string[], args: Array<string | number>) => Promise<unknown>
@@ -43,6 +44,14 @@ export interface RedisCommands {
 /** Redis's answer to EVALSHA of a script it does not hold (a new or restarted server): send the script itself. */
 export function isNoScript (err: unknown): boolean {
   return /NOSCRIPT/.test(String((err as Error | undefined)?.message ?? err))
+}
+
+/**
+ * What a script call that failed is billed: a NOSCRIPT answer ran nothing but the EVALSHA itself
+ * (1); any other failure may have run the script, so `cost` (every path's commands) is billed.
+ */
+export function billedOnFailure (err: unknown, cost: number): number {
+  return isNoScript(err) ? 1 : cost
 }
 
 /** The billed count of a reply that is a list (removed keys, swept users): its length, else 0. */

@@ -1,36 +1,31 @@
 import { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
-import type { FastifyInstance } from 'fastify'
-import type { TcpClient } from '../lib/tiers/tcp'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { TcpClient } from '../lib/tiers/tcp-client'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput, type ConnectionSettings } from '../lib/config'
-import type { TargetResult } from '../lib/targets'
-import { diagnose } from '../lib/diagnose'
+import { loadSettings, parseBooleanVariable, parseIntegerVariable, type EnvInput } from '../lib/config'
 import { concealEndpoint, redactError, redactText } from '../lib/redact'
-import { createBus, type Bus } from '../lib/bus'
+import type { Bus } from '../lib/bus'
 import type { FeatureRequirement, RedisTier, Tier } from '../lib/resolve-tier'
 import { featureBindings, type FeatureChange, type FeatureState, type Rebind } from '../lib/feature-bindings'
 import { RedisRequiredError } from '../lib/errors'
 import { rateLimitedWarn } from '../lib/rate-limited-log'
 import type { RedisCommands } from '../lib/redis-commands'
 import { assertDecoratorFree } from '../lib/decorators'
-import type { TierDriver, TierTimeouts } from '../lib/tiers/driver'
-import { liveTier, emptyTierState, type LiveTier, type TierState } from '../lib/tiers/live'
-import { tcpTier } from '../lib/tiers/tcp'
-import { restTier } from '../lib/tiers/rest'
-import { memoryTransport } from '../lib/tiers/memory'
-import { budgetWarning, createUsage, type BudgetReport, type Usage } from '../lib/usage'
-import { restartWatch, type RedisRestart } from '../lib/restart-watch'
-import { tierRefusals } from '../lib/tiers/refusals'
-import { describeMemory, evictionWarning, refusalCause, type Refusal } from '../lib/refusal'
+import type { TierTimeouts } from '../lib/tiers/driver'
+import type { LiveTier, TierState } from '../lib/tiers/live'
+import { configureTiers, openLive, probeTiers, refusalsOf, restartsOf, tierBuses, whyNoneAnswered } from '../lib/tiers/connect'
+import { byTier } from '../lib/tiers/registry'
+import { holdDown } from '../lib/tiers/hold-down'
+import { budgetWarning, createUsage, type Usage } from '../lib/usage'
+import type { RedisRestart } from '../lib/restart-watch'
+import { refusalCause, type Refusal } from '../lib/refusal'
+import { report, type FeatureDetails, type HealthReport } from '../lib/report'
 
-type ConfigureTier = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
-
-/** Every Redis tier, best first: adding one is adding its driver here. */
-const TIER_DRIVERS: ReadonlyArray<{ tier: RedisTier, configure: ConfigureTier }> = [
-  { tier: 'tcp', configure: tcpTier as ConfigureTier },
-  { tier: 'rest', configure: restTier as ConfigureTier }
-]
+// The tier registry at run time: every registered tier (lib/tiers/registry.ts)
+// configured, probed and kept live, the features bound to them, and what
+// fastify.connections hands out. What is reported about them (/health, the
+// boot lines) is lib/report.ts's.
 
 export interface ConnectionsOptions {
   /** Settings by env variable name; they override `process.env`. */
@@ -39,15 +34,7 @@ export interface ConnectionsOptions {
   processEnv?: boolean
 }
 
-export type { TierState }
-
-export interface HealthReport {
-  status: 'ok' | 'degraded' | 'down'
-  tiers: Record<RedisTier, TierState>
-  features: Record<string, FeatureState & Record<string, unknown>>
-  /** Commands billed today (UTC) against REDIS_DAILY_COMMAND_BUDGET, by feature and tier. */
-  budget: BudgetReport
-}
+export type { TierState, HealthReport }
 
 export type { FeatureChange, FeatureState, Rebind, RedisRestart }
 
@@ -120,6 +107,8 @@ export interface Connections {
    * deadline and metered as `feature`'s; null for memory (or a tier that is not reachable).
    */
   commands: (tier: Tier, timeoutMs: number, feature: string) => RedisCommands | null
+  /** The shared client of a Redis tier, for a library that makes its own connections from it (BullMQ); null for memory or a tier not reached. */
+  client: (tier: Tier) => unknown
   /** Commands each feature sent (Lua scripts' own commands included) and the daily budget. */
   readonly usage: Usage
   /** The one pub/sub bus of a tier; its subscriber connection is made on first subscribe. */
@@ -167,176 +156,43 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
   const timeouts: TierTimeouts = { connectTimeoutMs: settings.REDIS_CONNECT_TIMEOUT_MS, commandTimeoutMs: settings.REDIS_COMMAND_TIMEOUT_MS }
   const reprobeMaxMs = parseIntegerVariable(read, 'REDIS_REPROBE_MAX_MS', 5000, 250, 3_600_000)
   const holdDownMs = parseIntegerVariable(read, 'REDIS_HOLD_DOWN_MS', 1000, 0, 600_000)
-  const secrets = [settings.REDIS_PASSWORD, settings.UPSTASH_REDIS_REST_TOKEN, settings.KV_REST_API_TOKEN].filter((s): s is string => s !== undefined)
+  const configured = configureTiers(read, timeouts, (secrets, text) => redactText(text, secrets))
+  const { states: tiers, drivers, secrets } = configured
   const redact = (err: unknown): Error => redactError(err, secrets)
   const safe = (text: string): string => redactText(text, secrets)
-  const usage = createUsage({
-    limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
-    guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
-    onThreshold: (percent, budget) => log.warn({ budget: { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt } }, budgetWarning(percent, budget))
-  })
+  const usage = usageOf(read, log)
 
-  const tiers: Record<RedisTier, TierState> = { tcp: emptyTierState(), rest: emptyTierState() }
-  const drivers: Array<TierDriver<unknown>> = []
-  for (const { tier, configure } of TIER_DRIVERS) {
-    const result = configure(settings, timeouts)
-    if (result.status === 'ok') {
-      drivers.push(result.target)
-      secrets.push(...result.target.secrets)
-    } else if (result.status === 'invalid') {
-      // Misconfigured: reported with the fix, never dialled.
-      Object.assign(tiers[tier], { configured: true, source: result.variable, lastError: safe(result.diagnosis), checkedAt: new Date().toISOString() })
-    }
-  }
-
-  // Probe once, in parallel, under one deadline.
-  const started = performance.now()
-  const probes = await Promise.all(drivers.map(async (d) => await d.probe(timeouts.connectTimeoutMs)))
-  const probeMs = Math.round(performance.now() - started)
-
-  if (settings.REDIS_REQUIRED && !probes.some((p) => p.ok)) {
-    const why = (['tcp', 'rest'] as const).map((t) => {
-      const i = drivers.findIndex((d) => d.tier === t)
-      return `${t}: ${i >= 0 ? safe(diagnose(probes[i].error, drivers[i].context)) : (tiers[t].lastError ?? 'not configured')}`
-    }).join('; ')
-    throw new RedisRequiredError(why)
-  }
+  const { probes, probeMs } = await probeTiers(drivers, timeouts.connectTimeoutMs)
+  if (settings.REDIS_REQUIRED && !probes.some((p) => p.ok)) throw new RedisRequiredError(whyNoneAnswered(configured, probes, safe))
 
   const changes = new EventEmitter()
-  const live = new Map<RedisTier, LiveTier>()
   /** Set by onReady: until then a refusal is the boot report's to tell. */
   let booted = false
-  const refusals = tierRefusals({
-    states: tiers,
-    context: (tier) => live.get(tier)?.driver.context,
-    featuresOn: (tier) => Object.entries(features).flatMap(([name, f]) => f.status === 'active' && f.tier === tier ? [name] : []),
-    read,
-    async memoryInfo (tier) {
-      const t = live.get(tier)
-      const client = t?.client() ?? null
-      if (t?.driver.info === undefined || client === null) throw new Error(`${tier} has no client to ask`)
-      usage.meter('connections', tier)(1)
-      return await t.driver.info(client, 'memory', timeouts.commandTimeoutMs)
-    },
-    onChange (tier, refusing, previous) {
-      if (!booted) return
-      if (refusing !== null) log.warn({ tier, cause: refusing.cause }, `tier ${tier}: refusing ${refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(refusing.reason)}`)
-      else log.info({ tier, cause: previous.cause }, `tier ${tier}: accepts ${previous.cause === 'full' ? 'writes' : 'commands'} again`)
-      // A spent quota is an outage for the features (reads are refused too); a full Redis still serves them.
-      if (refusing?.cause === 'quota' || previous.cause === 'quota') bindings.reresolve(refusing === null ? `${tier} accepts commands again` : `${tier} refuses commands`)
-    }
-  })
-  /** The driver with its PING told to the refusals: a refused PING is an answer (reachable), a PING while full also checks for room. */
-  function observed (driver: TierDriver<unknown>): TierDriver<unknown> {
-    const name = driver.tier
-    return {
-      ...driver,
-      async ping (client, ms) {
-        const started = performance.now()
-        try {
-          const latencyMs = await driver.ping(client, ms)
-          refusals.answered(name)
-          if (tiers[name].refusing?.cause === 'full') await refusals.recheck(name)
-          return latencyMs
-        } catch (err) {
-          if (refusals.refused(name, err)) return Math.round((performance.now() - started) * 100) / 100
-          throw err
-        }
-      }
-    }
-  }
-  drivers.forEach((driver, i) => {
-    const tier = liveTier(observed(driver), probes[i], {
-      ...timeouts,
-      reprobeMaxMs,
-      diagnose: (err, ctx) => safe(diagnose(err, ctx)),
-      meter: usage.meter('connections', driver.tier),
-      onChange (name, up, state) {
-        if (up) log.info({ tier: name, latencyMs: state.latencyMs }, `tier ${name}: reachable again at ${state.endpoint ?? ''}`)
-        else log.warn({ tier: name }, `tier ${name}: down: ${state.lastError ?? ''}`)
-        changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
-        settle(name, up)
-        if (up) void restarts.up(name, clientOf(name))
-      },
-      onError: (name, diagnosis) => warn(`${name}-down`, `tier ${name} still down: ${diagnosis}`, { tier: name }),
-      onNotice: (name, message) => log.info({ tier: name }, message)
-    })
-    live.set(driver.tier, tier)
-    tiers[driver.tier] = tier.state
-    if (probes[i].refused !== undefined) refusals.refused(driver.tier, probes[i].refused)
+  const live = new Map<RedisTier, LiveTier>()
+  const refusals = refusalsOf({ tiers, live, read, usage, log, safe, commandTimeoutMs: timeouts.commandTimeoutMs, booted: () => booted, features: () => features, reresolve: (why) => bindings.reresolve(why) })
+  openLive(live, { drivers, probes, tiers, refusals, timeouts, reprobeMaxMs, safe, usage, log, warn }, (name, up, state) => {
+    changes.emit('tier', { tier: name, up, reason: up ? null : state.lastError, since: state.since ?? '' } satisfies TierChange)
+    hold.settle(name, up)
+    if (up) void restarts.up(name, clientOf(name))
   })
   // maxmemory and its policy, once: one command per reachable tier, and none on a tier that refuses them all.
   await Promise.all([...live.values()].filter((t) => t.client() !== null && t.state.refusing === null).map(async (t) => await refusals.measure(t.driver.tier)))
   const clientOf = (tier: Tier): unknown => tier === 'memory' ? null : live.get(tier)?.client() ?? null
-
-  // Noticed on a reconnect (tcp) or when a tier is back after being down; learnt at boot, within the command deadline.
-  const restarts = restartWatch({
-    commandTimeoutMs: timeouts.commandTimeoutMs,
-    commands (tier) {
-      const t = live.get(tier)
-      const client = clientOf(tier)
-      return t === undefined || client === null ? null : t.driver.commands(client, timeouts.commandTimeoutMs, usage.meter('connections', tier))
-    },
-    meter: (tier) => usage.meter('connections', tier),
-    onRestart (restart) {
-      log.warn({ tier: restart.tier }, `tier ${restart.tier}: ${restart.reason}; jobs, presence and event histories held there are gone, the features recover what they can`)
-      changes.emit('restarted', restart)
-    },
-    onError (tier, err) {
-      // A Redis that refuses (full, a spent quota) has its own line saying so.
-      if (refusalCause(err) === null) warn(`restart-check-${tier}`, `tier ${tier}: could not check whether Redis kept its data: ${redact(err).message}`, { tier })
-    }
-  })
-  await Promise.all([...live.keys()].map(async (tier) => { const client = clientOf(tier); if (client !== null) await restarts.up(tier, client) }))
-
-  const buses = new Map<Tier, Bus>()
-  const onBusError = (tier: Tier) => (err: Error) => warn(`bus-${tier}`, `${tier} pub/sub: ${redact(err).message}`, { tier })
-  function bus (tier: Tier): Bus {
-    const existing = buses.get(tier)
-    if (existing !== undefined) return existing
+  const commandsOn = (tier: Tier, timeoutMs: number, feature: string): RedisCommands | null => {
     const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
     const client = clientOf(tier)
-    if (tier !== 'memory' && (driver === undefined || client === null)) throw new Error(`${tier} is not reachable; resolve a requirement before asking for its bus`)
-    const created = createBus(tier, driver !== undefined ? driver.transport(client, onBusError(tier)) : memoryTransport, onBusError(tier))
-    buses.set(tier, created)
-    return created
+    return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
   }
 
-  // A tier counts as up for the resolver once it has stayed up for the hold-down, so that a
-  // flapping Redis does not make features flap; an outage counts at once.
-  const stable: Record<RedisTier, boolean> = { tcp: tiers.tcp.reachable, rest: tiers.rest.reachable }
-  const holdDown = new Map<RedisTier, NodeJS.Timeout>()
-  function settle (tier: RedisTier, up: boolean): void {
-    clearTimeout(holdDown.get(tier))
-    holdDown.delete(tier)
-    if (!up) {
-      stable[tier] = false
-      bindings.reresolve(`${tier} is down`)
-      return
-    }
-    const timer = setTimeout(() => {
-      holdDown.delete(tier)
-      stable[tier] = tiers[tier].reachable
-      if (stable[tier]) bindings.reresolve(`${tier} is reachable again`)
-    }, holdDownMs)
-    timer.unref()
-    holdDown.set(tier, timer)
-  }
-  function addressless (tier: RedisTier): string | undefined {
-    const { lastError, endpoint, source } = tiers[tier]
-    return lastError === null ? undefined : concealEndpoint(lastError, endpoint, source)
-  }
-  function refusingQuota (tier: RedisTier): string | undefined {
-    const { refusing, endpoint, source } = tiers[tier]
-    return refusing?.cause === 'quota' ? concealEndpoint(refusing.reason, endpoint, source) : undefined
-  }
+  const restarts = restartsOf({ live, clientOf, usage, log, warn, redact, commandTimeoutMs: timeouts.commandTimeoutMs, announce: (restart) => changes.emit('restarted', restart) })
+  await Promise.all([...live.keys()].map(async (tier) => { const client = clientOf(tier); if (client !== null) await restarts.up(tier, client) }))
+
+  const buses = tierBuses(live, clientOf, (tier, err) => warn(`bus-${tier}`, `${tier} pub/sub: ${redact(err).message}`, { tier }))
+  const hold = holdDown(tiers, holdDownMs, (why) => bindings.reresolve(why))
   const bindings = featureBindings({
     read,
     // A feature's reason reaches 503 bodies and a host's /health: the diagnosis without the address.
-    availability: () => ({
-      tcp: { configured: tiers.tcp.configured, reachable: stable.tcp, diagnosis: addressless('tcp'), refusing: refusingQuota('tcp') },
-      rest: { configured: tiers.rest.configured, reachable: stable.rest, diagnosis: addressless('rest'), refusing: refusingQuota('rest') }
-    }),
+    availability: () => byTier((tier) => ({ configured: tiers[tier].configured, reachable: hold.stable[tier], diagnosis: addressless(tiers[tier]), refusing: refusingQuota(tiers[tier]) })),
     isUp: (tier) => tiers[tier].reachable && tiers[tier].refusing?.cause !== 'quota',
     onChange (change, state) {
       const line = `feature ${change.feature}: ${change.from ?? 'skipped'} -> ${change.to ?? 'skipped'} (${change.reason})`
@@ -346,120 +202,84 @@ async function connections (fastify: FastifyInstance, opts: ConnectionsOptions):
     onRebindError: (feature, err) => warn(`rebind-${feature}`, `feature ${feature} could not move, it stays where it is: ${redact(err).message}`, { feature })
   })
   const features: Features = bindings.states
-  const details = new Map<string, () => Record<string, unknown> | Promise<Record<string, unknown>>>()
-
-  async function health (): Promise<HealthReport> {
-    // Features' own figures (queue counts read Redis too) are gathered while the tiers are PINGed: one deadline, not two.
-    const reported: HealthReport['features'] = {}
-    const described = Promise.all(Object.entries(features).map(async ([name, state]) => {
-      reported[name] = { ...state, ...await details.get(name)?.() }
-    }))
-    await Promise.all([...[...live.values()].map(async (t) => await t.check()), described])
-    const report: HealthReport['tiers'] = structuredClone(tiers)
-    for (const tier of ['tcp', 'rest'] as const) Object.assign(report[tier], await describeTier(tier), memoryOf(tier))
-    return { status: status(), tiers: report, features: reported, budget: usage.budget() }
-  }
-
-  function status (): HealthReport['status'] {
-    const inUse = new Set(Object.values(features).flatMap((f) => f.status === 'active' && f.tier !== 'memory' ? [f.tier] : []))
-    if ([...inUse].some((t) => !tiers[t].reachable)) return 'down'
-    return (['tcp', 'rest'] as const).some((t) => tiers[t].configured && (!tiers[t].reachable || tiers[t].refusing !== null)) ? 'degraded' : 'ok'
-  }
-
-  /** What the boot measure (or the last check while full) found; nothing for a tier not measured. */
-  function memoryOf (tier: RedisTier): { maxmemory?: number | null, maxmemoryPolicy?: string | null } {
-    if (!live.has(tier)) return {}
-    const { maxmemory, policy } = refusals.limits(tier)
-    return { maxmemory, maxmemoryPolicy: policy }
-  }
-
-  /** The driver's own words on the connected client (a cluster: mode, masters, nodes and which are down). */
-  async function describeTier (tier: RedisTier): Promise<Record<string, unknown>> {
-    const t = live.get(tier)
-    const client = t?.client() ?? null
-    return t?.driver.describe !== undefined && client !== null ? await t.driver.describe(client).catch(() => ({})) : {}
-  }
+  const details = new Map<string, FeatureDetails>()
+  const reported = report({ tiers, live, refusals, features, details, usage })
 
   fastify.decorate('features', features)
   fastify.decorate('connections', {
     tiers,
     get tcp (): SharedTcpClient | null { return clientOf('tcp') as TcpClient | null },
     get rest (): SharedRestClient | null { return clientOf('rest') as UpstashRedis | null },
-    on (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) {
-      const handler = listener as (change: unknown) => void
-      changes.on(event, handler)
-      return () => { changes.off(event, handler) }
-    },
+    on: listen(changes),
     commandTimeoutMs: timeouts.commandTimeoutMs,
     variable: read,
-    commands (tier: Tier, timeoutMs: number, feature: string): RedisCommands | null {
-      const driver = tier === 'memory' ? undefined : live.get(tier)?.driver
-      const client = clientOf(tier)
-      return driver !== undefined && client !== null ? driver.commands(client, timeoutMs, usage.meter(feature, driver.tier), refusals.observer(driver.tier)) : null
-    },
+    commands: commandsOn,
+    client: clientOf,
     usage,
-    bus,
+    bus: buses.bus,
     resolve: (requirement: FeatureRequirement, rebind?: Rebind) => bindings.bind(requirement, rebind),
-    describe (feature: string, fn: () => Record<string, unknown> | Promise<Record<string, unknown>>) { details.set(feature, fn) },
-    health,
-    status,
+    describe (feature: string, fn: FeatureDetails) { details.set(feature, fn) },
+    health: reported.health,
+    status: reported.status,
     redact,
-    explain (tier, err) {
-      if (tier === null || tier === 'memory') return redact(err).message
-      const { refusing } = tiers[tier]
-      // Redis's own text ("OOM command not allowed...") says neither why nor what to change.
-      if (refusing !== null && refusalCause(err) !== null) {
-        const { endpoint, source } = tiers[tier]
-        return `${tier} refuses ${refusing.cause === 'full' ? 'writes' : 'commands'} (${concealEndpoint(redact(err).message, endpoint, source)}): ${concealEndpoint(safe(refusing.reason), endpoint, source)}`
-      }
-      if (tiers[tier].reachable || tiers[tier].lastError === null) return concealEndpoint(redact(err).message, tiers[tier].endpoint, tiers[tier].source)
-      // Said to HTTP callers: the variable and the fix, not the address of the database.
-      return `${tier} is down: ${addressless(tier) ?? ''}`
-    }
+    explain: (tier, err) => explain(tier === null || tier === 'memory' ? null : tiers[tier], tier, err, redact, safe)
   } satisfies Connections)
-
-  /** One boot line per tier: where it is, or why not; its memory limits, or why it refuses. */
-  async function reportTier (tier: RedisTier): Promise<void> {
-    const s = tiers[tier]
-    const retried = live.has(tier) ? `; retrying in the background (at most every ${reprobeMaxMs} ms)` : ''
-    const described = await describeTier(tier)
-    const cluster = described.mode === 'cluster' ? `, a Redis Cluster of ${String(described.masters)} masters` : ''
-    const limits = refusals.limits(tier)
-    const reached = s.refusing !== null
-      ? `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) but refusing ${s.refusing.cause === 'full' ? 'writes' : 'commands'}: ${safe(s.refusing.reason)}`
-      : `reachable at ${s.endpoint ?? ''} (${s.source ?? ''}${cluster}) in ${s.latencyMs ?? '?'} ms; ${describeMemory(limits)}`
-    const text = !s.configured ? 'not configured' : s.reachable ? reached : `unavailable: ${s.lastError ?? ''}${retried}`
-    const level = s.configured && (!s.reachable || s.refusing !== null) ? 'warn' : 'info'
-    log[level]({ tier, configured: s.configured, reachable: s.reachable, source: s.source, latencyMs: s.latencyMs, probeMs, mode: described.mode, refusing: s.refusing?.cause ?? null, maxmemory: limits.maxmemory, maxmemoryPolicy: limits.policy }, `tier ${tier}: ${text}`)
-    // BullMQ's keys have no TTL and must never be evicted: an evicting policy loses jobs and locks.
-    const queued = features.queues?.status === 'active' && features.queues.tier === tier
-    const eviction = queued ? evictionWarning(tier, limits) : null
-    if (eviction !== null) log.warn({ tier, maxmemoryPolicy: limits.policy }, eviction)
-  }
 
   fastify.addHook('onReady', async () => {
     booted = true
-    for (const tier of ['tcp', 'rest'] as const) await reportTier(tier)
-    const names = Object.keys(features)
-    if (names.length === 0) log.info('features: none registered')
-    for (const name of names) {
-      const f = features[name]
-      const line = f.status === 'active' ? `feature ${name}: active on ${f.tier} (${f.reason}; on outage: ${f.outage})` : `feature ${name}: skipped (${f.reason})`
-      const level = f.status === 'skipped' || f.tier === 'memory' ? 'warn' : 'info'
-      log[level]({ feature: name, status: f.status, tier: f.tier, reason: f.reason, outage: f.outage }, line)
-    }
+    await reported.boot(log, { probeMs, reprobeMaxMs, safe })
   })
 
   fastify.addHook('onClose', async () => {
     bindings.close()
     restarts.close()
-    for (const timer of holdDown.values()) clearTimeout(timer)
-    holdDown.clear()
+    hold.close()
     changes.removeAllListeners()
-    await Promise.all([...buses.values()].map(async (b) => await b.close()))
-    buses.clear()
+    await buses.close()
     await Promise.all([...live.values()].map(async (t) => await t.close()))
   })
+}
+
+/** What every Redis command is counted against: each feature's meters and the daily budget. */
+function usageOf (read: (name: string) => string | undefined, log: FastifyBaseLogger): Usage {
+  return createUsage({
+    limit: read('REDIS_DAILY_COMMAND_BUDGET') === undefined ? null : parseIntegerVariable(read, 'REDIS_DAILY_COMMAND_BUDGET', 0, 1, Number.MAX_SAFE_INTEGER),
+    guard: parseBooleanVariable(read, 'REDIS_BUDGET_GUARD', false),
+    onThreshold: (percent, budget) => log.warn({ budget: { used: budget.used, limit: budget.limit, guard: budget.guard, resetsAt: budget.resetsAt } }, budgetWarning(percent, budget))
+  })
+}
+
+/** fastify.connections.on: a listener per event, and the function that removes it. */
+function listen (changes: EventEmitter): Connections['on'] {
+  return (event: 'tier' | 'change' | 'restarted', listener: (change: never) => void) => {
+    const handler = listener as (change: unknown) => void
+    changes.on(event, handler)
+    return () => { changes.off(event, handler) }
+  }
+}
+
+/** A tier's diagnosis without its address: what HTTP callers and feature reasons may see. */
+function addressless ({ lastError, endpoint, source }: TierState): string | undefined {
+  return lastError === null ? undefined : concealEndpoint(lastError, endpoint, source)
+}
+
+function refusingQuota ({ refusing, endpoint, source }: TierState): string | undefined {
+  return refusing?.cause === 'quota' ? concealEndpoint(refusing.reason, endpoint, source) : undefined
+}
+
+/**
+ * A failed Redis call as one sentence for an HTTP caller: Redis's own refusal text ("OOM command not
+ * allowed...") says neither why nor what to change, and a tier that is down is named with its fix,
+ * not the address of the database.
+ */
+function explain (state: TierState | null, tier: Tier | null, err: unknown, redact: (err: unknown) => Error, safe: (text: string) => string): string {
+  if (state === null) return redact(err).message
+  const { refusing, endpoint, source } = state
+  if (refusing !== null && refusalCause(err) !== null) {
+    return `${tier ?? ''} refuses ${refusing.cause === 'full' ? 'writes' : 'commands'} (${concealEndpoint(redact(err).message, endpoint, source)}): ${concealEndpoint(safe(refusing.reason), endpoint, source)}`
+  }
+  if (state.reachable || state.lastError === null) return concealEndpoint(redact(err).message, endpoint, source)
+  return `${tier ?? ''} is down: ${addressless(state) ?? ''}`
 }
 
 export default fp(connections, { name: 'connections', fastify: '5.x' })

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type * as PromClient from 'prom-client'
-import type { Tier } from '../lib/resolve-tier'
+import type { RedisTier, Tier } from '../lib/resolve-tier'
 import { ForbiddenError } from '../lib/errors'
 
 // GET /metrics in Prometheus text format, through prom-client (loaded only
@@ -49,7 +49,7 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
     })
   }
 
-  const redisTiers = (['tcp', 'rest'] as const).filter((t) => connections.tiers[t].configured)
+  const redisTiers = (Object.keys(connections.tiers) as RedisTier[]).filter((t) => connections.tiers[t].configured)
   gauge('redis_tiers_tier_up', '1 while a configured Redis tier is reachable', ['tier'], () => redisTiers.map((t) => [{ tier: t }, connections.tiers[t].reachable ? 1 : 0]))
   gauge('redis_tiers_tier_full', '1 while a tier refuses writes because Redis is full (OOM under maxmemory); reads are served', ['tier'], () =>
     redisTiers.map((t) => [{ tier: t }, connections.tiers[t].refusing?.cause === 'full' ? 1 : 0]))
@@ -92,6 +92,9 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
     const s = queues.stats()
     return [[{ ...on(queues.tier), outcome: 'completed' }, s.completed], [{ ...on(queues.tier), outcome: 'failed' }, s.failed]]
   })
+  const { rateLimiter } = fastify
+  counter('redis_tiers_rate_limit_decisions_total', 'Rate-limit decisions, by who made them: shared (Redis), blocked (the local block list, no round trip), local, open or closed (RATE_LIMIT_ON_OUTAGE)', ['tier', 'source'], () =>
+    Object.entries(rateLimiter.stats().by).map(([source, n]) => [{ ...on(rateLimiter.tier), source }, n]))
   const { usage } = connections
   counter('redis_tiers_redis_commands_total', 'Redis commands billed, by feature and tier: a Lua script counts its EVAL and every command it runs', ['feature', 'tier'], () =>
     usage.entries().map((e) => [{ feature: e.feature, tier: e.tier }, e.commands]))

@@ -72,7 +72,7 @@ const SCRIPT = `
       var label = { off: 'not configured', full: 'full: writes refused', quota: 'quota spent' }[state] || state;
       var card = h('div', { 'class': 'card', 'data-tier': t.tier, 'data-state': state },
         h('h3', null, h('span', { text: t.tier }), badge(label, state === 'up' ? 'ok' : state === 'down' ? 'bad' : refusing ? 'warn' : '')),
-        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(refusing ? refusing.since : t.since)], ['diagnosis', refusing ? refusing.reason : t.lastError]]) : h('p', { 'class': 'muted', text: t.tier === 'tcp' ? 'Set REDIS_URL to use a TCP Redis.' : 'Set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to use Upstash REST.' }));
+        t.configured ? list([['endpoint', t.endpoint], ['from', t.source], ['latency', t.latencyMs === null ? null : num(t.latencyMs) + ' ms'], ['since', time(refusing ? refusing.since : t.since)], ['diagnosis', refusing ? refusing.reason : t.lastError]]) : h('p', { 'class': 'muted', text: t.setUp }));
       return card;
     }));
   }
@@ -82,6 +82,7 @@ const SCRIPT = `
     if (name === 'cache') return [['hit ratio', pct(f.cache.hitRatio)], ['hits / misses', num(f.cache.hits) + ' / ' + num(f.cache.misses)], ['L1 entries', num(f.cache.l1Entries)], ['writes shed', f.cache.l2WritesShed ? num(f.cache.l2WritesShed) : null]];
     if (name === 'sse') return [['clients', num(f.sse.clients)], ['events/s', num(f.sse.eventsPerSecond)], ['published', num(f.sse.published)]];
     if (name === 'presence') return [['online', num(f.presence.online)]];
+    if (name === 'rate-limit') return [['decisions', num(f.rateLimit.decisions)], ['refused in memory', num(f.rateLimit.refusedInMemory)], ['by the outage policy', f.rateLimit.byPolicy ? num(f.rateLimit.byPolicy) : null], ['instances', num(f.rateLimit.instances)]];
     if (name === 'queues') return Object.keys(f.queues).map(function (q) {
       var c = f.queues[q];
       return [q, Object.keys(c).filter(function (k) { return c[k] > 0 || k === 'waiting' || k === 'active'; }).map(function (k) { return k + ' ' + num(c[k]); }).join(', ')];

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import { FeatureUnavailableError, ForbiddenError } from '../lib/errors'
 import type { BudgetReport } from '../lib/usage'
+import { registeredTiers } from '../lib/tiers/registry'
 import { statusPage } from './status-page'
 
 // GET /status: one page that shows every tier and feature and what they cost,
@@ -31,13 +32,14 @@ export interface StatusSample {
 export interface StatusSnapshot {
   at: string
   status: 'ok' | 'degraded' | 'down'
-  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null, refusing: { cause: 'full' | 'quota', reason: string, since: string } | null }>
+  tiers: Array<{ tier: string, configured: boolean, reachable: boolean, latencyMs: number | null, endpoint: string | null, source: string | null, lastError: string | null, since: string | null, refusing: { cause: 'full' | 'quota', reason: string, since: string } | null, setUp: string }>
   features: Array<{ feature: string, status: string, tier: string | null, reason: string, outage: string, transitions: number, since: string }>
   figures: {
     cache: { hits: number, misses: number, hitRatio: number | null, l1Entries: number, l1Bytes: number, l2WritesShed: number }
     sse: { clients: number, published: number, delivered: number, eventsPerSecond: number }
     presence: { online: number | null }
     queues: Record<string, Record<string, number>>
+    rateLimit: { decisions: number, refusedInMemory: number, byPolicy: number, instances: number }
   }
   commands: Array<{ feature: string, tier: string, requests: number, commands: number, today: number }>
   budget: BudgetReport
@@ -99,21 +101,23 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
   function snapshot (withHistory: boolean): StatusSnapshot {
     const c = cache.stats()
     const s = sse.stats()
+    const r = fastify.rateLimiter.stats()
     const last = history[history.length - 1]
     const seconds = (Date.now() - last.t) / 1000
     return {
       at: new Date().toISOString(),
       status: connections.status(),
-      tiers: (['tcp', 'rest'] as const).map((tier) => {
+      tiers: registeredTiers().map(({ tier, setUp }) => {
         const { configured, reachable, latencyMs, endpoint, source, lastError, since, refusing } = connections.tiers[tier]
-        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing }
+        return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing, setUp }
       }),
       features: Object.entries(fastify.features).map(([feature, f]) => ({ feature, status: f.status, tier: f.tier, reason: f.reason, outage: f.outage, transitions: f.transitions, since: f.since })),
       figures: {
         cache: { hits: c.hits, misses: c.misses, hitRatio: c.hits + c.misses === 0 ? null : c.hits / (c.hits + c.misses), l1Entries: c.l1Entries, l1Bytes: c.l1Bytes, l2WritesShed: c.l2WritesShed },
         sse: { clients: s.clients, published: s.published, delivered: s.delivered, eventsPerSecond: seconds > 0.5 ? Math.max(0, s.published - last.ssePublished) / seconds : 0 },
         presence: { online: slow.online },
-        queues: slow.queues
+        queues: slow.queues,
+        rateLimit: { decisions: r.decisions, refusedInMemory: r.by.blocked, byPolicy: r.by.local + r.by.open + r.by.closed, instances: r.instances }
       },
       commands: connections.usage.entries(),
       budget: connections.usage.budget(),

@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { AddressInfo } from 'node:net'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { build, eventually } from './helpers/build'
 import { startRedisServer } from '../support/redis-server'
@@ -177,4 +177,26 @@ t.test('failover: a master killed, its replica promoted, the features recover wi
   await eventually(async () => (await app.queues.getJob('report', id))?.state === 'completed', 15_000, 'a queue job completes after the failover')
   const health = (await app.inject('/health')).json<{ tiers: { tcp: { down: string[] } } }>()
   t.ok(health.tiers.tcp.down.includes(`127.0.0.1:${victim.port}`), `/health says which node is down: ${JSON.stringify(health.tiers.tcp.down)}`)
+})
+
+t.test('a paused process: commands sent as it resumes, when every node closed its idle connection, are sent once after the reconnect', async (t) => {
+  const cluster = await startRedisCluster(t, { masters: 3 })
+  for (const node of cluster.nodes) {
+    const admin = new Redis({ port: node.port, host: '127.0.0.1' })
+    await admin.config('SET', 'timeout', '1') // Redis's shortest idle timeout
+    admin.disconnect()
+  }
+  const a = await build(t, { ...BASE, REDIS_URL: cluster.url })
+  const direct = new Cluster([{ host: '127.0.0.1', port: cluster.nodes[0].port }])
+  t.teardown(() => direct.disconnect())
+  for (let round = 1; round <= 2; round++) {
+    // The process stands still (as under SIGSTOP) past the idle timeout: each node closes our connections meanwhile.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500)
+    const [id] = await Promise.all([a.app.sse.publish('public:paused', { round }), a.app.presence.heartbeat(`paused-${round}`)])
+    t.match(id, /^\d+-\d+$/, `round ${round}: the publish and the heartbeat succeed`)
+    t.equal(await direct.xlen('cl:sse:public:paused'), round, `round ${round}: the publish ran once`)
+  }
+  const lines = a.logs().map((l) => l.msg)
+  t.same(lines.filter((m) => /^tier tcp:( still)? down|^feature \w+: \S+ -> /.test(m)), [], 'no outage, no feature moved')
+  t.ok(lines.filter((m) => /^tier tcp: the connection was closed .* not an outage$/.test(m)).length >= 2, 'each pause: one line, not an outage')
 })

@@ -38,6 +38,7 @@ t.test('/metrics on tcp: per-feature series, the live tier state, and no secret'
   await app.cache.get('k')
   await app.sse.publish('public:m', { n: 1 })
   await app.presence.heartbeat('u1')
+  for (let i = 0; i < 3; i++) await app.rateLimiter.consume('m', { limit: 1, window: '1m' })
   await app.queues.add('report', { userId: 'u1', steps: 1, stepMs: 1 })
 
   const res = await app.inject('/metrics')
@@ -53,6 +54,8 @@ t.test('/metrics on tcp: per-feature series, the live tier state, and no secret'
   t.match(find(samples, 'redis_tiers_sse_events_total', { outcome: 'published' }), { value: 2 }, 'ours, and presence\'s join event for browsers')
   t.match(find(samples, 'redis_tiers_presence_online', { tier: 'tcp' }), { value: 1 })
   t.ok(find(samples, 'redis_tiers_queue_jobs', { queue: 'report' }) !== undefined, 'jobs per queue and state')
+  t.match(find(samples, 'redis_tiers_rate_limit_decisions_total', { tier: 'tcp', source: 'shared' }), { value: 2 }, 'the first two decided by Redis')
+  t.match(find(samples, 'redis_tiers_rate_limit_decisions_total', { tier: 'tcp', source: 'blocked' }), { value: 1 }, 'the third by the local block list')
   const cacheCommands = find(samples, 'redis_tiers_redis_commands_total', { feature: 'cache', tier: 'tcp' })?.value ?? 0
   t.ok(cacheCommands >= 5, 'commands per feature and tier, scripts\' own included')
   t.ok(cacheCommands > (find(samples, 'redis_tiers_redis_requests_total', { feature: 'cache', tier: 'tcp' })?.value ?? Infinity), 'more commands than round trips')

@@ -15,6 +15,8 @@ const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as
 // The host installs the Fastify this repository is tested with (a peer dependency of the package).
 const fastifyVersion = (JSON.parse(readFileSync(path.join(root, 'node_modules/fastify/package.json'), 'utf8')) as { version: string }).version
 const SUBPATHS = ['connections', 'cache', 'sse', 'presence', 'queues', 'rate-limit']
+/** The name a host binds a subpath's plugin to, and the root's export of it: rate-limit is rateLimit. */
+const id = (subpath: string): string => subpath.replace(/-(\w)/g, (_match, letter: string) => letter.toUpperCase())
 // A clean environment: no REDIS_URL or DEMO_ROUTES of the machine's reaches the host.
 const ENV: Record<string, string> = Object.fromEntries(['PATH', 'HOME', 'npm_config_cache', 'npm_config_registry'].flatMap((name) => process.env[name] === undefined ? [] : [[name, process.env[name]]]))
 
@@ -54,16 +56,16 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
   t.test('imports from ESM and CommonJS: the root and every subpath default-export the plugin', async (t) => {
     writeFileSync(path.join(host, 'esm.mjs'), `
       import app, * as root from '${pkg.name}'
-      ${SUBPATHS.map((name) => `import ${name} from '${pkg.name}/${name}'`).join('\n')}
-      const same = { ${SUBPATHS.map((name) => `${name}: ${name} === root.${name}`).join(', ')} }
+      ${SUBPATHS.map((name) => `import ${id(name)} from '${pkg.name}/${name}'`).join('\n')}
+      const same = { ${SUBPATHS.map((name) => `${id(name)}: ${id(name)} === root.${id(name)}`).join(', ')} }
       console.log(JSON.stringify({ app: typeof app, appIsNamed: app === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
     `)
     writeFileSync(path.join(host, 'cjs.cjs'), `
       const root = require('${pkg.name}')
-      const same = { ${SUBPATHS.map((name) => `${name}: require('${pkg.name}/${name}').default === root.${name}`).join(', ')} }
+      const same = { ${SUBPATHS.map((name) => `${id(name)}: require('${pkg.name}/${name}').default === root.${id(name)}`).join(', ')} }
       console.log(JSON.stringify({ app: typeof root.default, appIsNamed: root.default === root.app, same, error: new root.FeatureUnavailableError('cache', 'off').statusCode }))
     `)
-    const expected = { app: 'function', appIsNamed: true, same: Object.fromEntries(SUBPATHS.map((name) => [name, true])), error: 503 }
+    const expected = { app: 'function', appIsNamed: true, same: Object.fromEntries(SUBPATHS.map((name) => [id(name), true])), error: 503 }
     t.same(JSON.parse(await run(host, process.execPath, ['esm.mjs'])), expected, 'ESM')
     t.same(JSON.parse(await run(host, process.execPath, ['cjs.cjs'])), expected, 'CommonJS')
   })
@@ -96,15 +98,16 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       'host.mts': `
         import Fastify from 'fastify'
         import app, { FeatureUnavailableError, type Cache, type AppOptions } from '${pkg.name}'
-        ${SUBPATHS.map((name) => `import ${name} from '${pkg.name}/${name}'`).join('\n')}
+        ${SUBPATHS.map((name) => `import ${id(name)} from '${pkg.name}/${name}'`).join('\n')}
         const fastify = Fastify()
         const options: AppOptions = { env: { CACHE_TIER: 'memory' }, sse: { authorize: () => true } }
         await fastify.register(app, options)
-        ${SUBPATHS.map((name) => `void Fastify().register(${name})`).join('\n')}
+        ${SUBPATHS.map((name) => `void Fastify().register(${id(name)})`).join('\n')}
         const user: { name: string } = await fastify.cache.getOrSet<{ name: string }>('user:1', async () => ({ name: 'Ada' }), { ttl: '5m' })
         const id: string = await fastify.sse.publish('public:news', { title: user.name })
         const online: boolean = await fastify.presence.isOnline('u1')
         const available: boolean = fastify.queues.available
+        const allowed: boolean = (await fastify.rateLimiter.consume('user:1', { limit: 10, window: '1m' })).allowed
         const client: Cache = fastify.cache
         const unavailable: string = new FeatureUnavailableError('cache', 'off').code
         const pong: string | undefined = await fastify.connections.tcp?.ping()
@@ -118,15 +121,15 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
         await fastify.register(app, { demoRoutes: 'yes' })
         // @ts-expect-error a subpath's plugin is typed: its options are checked too
         await fastify.register(cache, { prefix: 42 })
-        console.log(id, online, available, client, unavailable, pong)
+        console.log(id, online, available, allowed, client, unavailable, pong)
       `,
       'host.cts': `
         import Fastify = require('fastify')
         import tiers = require('${pkg.name}')
-        ${SUBPATHS.map((name) => `import ${name} = require('${pkg.name}/${name}')`).join('\n')}
+        ${SUBPATHS.map((name) => `import ${id(name)} = require('${pkg.name}/${name}')`).join('\n')}
         const fastify = Fastify()
         void fastify.register(tiers.default)
-        ${SUBPATHS.map((name) => `void Fastify().register(${name}.default)`).join('\n')}
+        ${SUBPATHS.map((name) => `void Fastify().register(${id(name)}.default)`).join('\n')}
         export const hit: Promise<string | undefined> = fastify.cache.get<string>('k')
       `
     })
@@ -139,10 +142,10 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       'host-node10.ts': `
         import Fastify from 'fastify'
         import app, { cache as cacheFromRoot } from '${pkg.name}'
-        ${SUBPATHS.map((name) => `import ${name} from '${pkg.name}/${name}'`).join('\n')}
+        ${SUBPATHS.map((name) => `import ${id(name)} from '${pkg.name}/${name}'`).join('\n')}
         const fastify = Fastify()
         void fastify.register(app)
-        ${SUBPATHS.map((name) => `void Fastify().register(${name})`).join('\n')}
+        ${SUBPATHS.map((name) => `void Fastify().register(${id(name)})`).join('\n')}
         export const same: boolean = cache === cacheFromRoot
         export const hit: Promise<string | undefined> = fastify.cache.get<string>('k')
         // @ts-expect-error options are checked
@@ -160,10 +163,10 @@ t.test('packed, installed into a fresh Fastify host, and used as a user would', 
       'host-bundler.ts': `
         import Fastify from 'fastify'
         import app from '${pkg.name}'
-        ${SUBPATHS.map((name) => `import ${name} from '${pkg.name}/${name}'`).join('\n')}
+        ${SUBPATHS.map((name) => `import ${id(name)} from '${pkg.name}/${name}'`).join('\n')}
         const fastify = Fastify()
         await fastify.register(app, { cache: { prefix: 'shop' } })
-        ${SUBPATHS.map((name) => `void Fastify().register(${name})`).join('\n')}
+        ${SUBPATHS.map((name) => `void Fastify().register(${id(name)})`).join('\n')}
         // @ts-expect-error options are checked
         await fastify.register(app, { demoRoutes: 'yes' })
         // @ts-expect-error a subpath's plugin is typed: its options are checked too

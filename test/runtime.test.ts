@@ -7,7 +7,6 @@ import app, { connections, sse, presence, queues } from '../index'
 import { quietOutages } from '../routes/outage-errors'
 import { FeatureUnavailableError } from '../lib/errors'
 import type { Bus } from '../lib/bus'
-import type { Tier } from '../lib/resolve-tier'
 import type { EnvInput } from '../lib/config'
 
 // After boot: Redis going away and coming back, the shared pub/sub bus on
@@ -77,7 +76,7 @@ t.test('rest: the REST endpoint failing after boot, then recovering', async (t) 
 t.test('the shared bus, one spec per tier', async (t) => {
   const redis = await startRedisServer(t)
   const rest = await startRestServer(t, redis)
-  const envFor: Record<Tier, EnvInput> = {
+  const envFor: Record<'tcp' | 'rest' | 'memory', EnvInput> = {
     tcp: { ...FAST, REDIS_URL: redis.url },
     rest: { ...FAST, UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token },
     memory: FAST

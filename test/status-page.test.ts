@@ -48,13 +48,14 @@ t.test('/status.json: every tier and feature with its figures and costs, and no 
   await app.cache.getOrSet('k', () => 1)
   await app.cache.get('k')
   await app.presence.heartbeat('u1')
+  for (let i = 0; i < 3; i++) await app.rateLimiter.consume('s', { limit: 2, window: '1m' })
   const res = await app.inject('/status.json')
   t.equal(res.statusCode, 200)
   const s = res.json<StatusSnapshot>()
   t.equal(s.status, 'ok')
   t.match(s.tiers, [{ tier: 'tcp', configured: true, reachable: true, endpoint: `127.0.0.1:${redis.port}` }, { tier: 'rest', configured: false }])
   t.same(s.features.map((f) => [f.feature, f.tier]), [['cache', 'tcp'], ['sse', 'tcp'], ['presence', 'tcp'], ['queues', 'tcp'], ['rate-limit', 'tcp']])
-  t.match(s.figures, { cache: { hits: 1, misses: 1, hitRatio: 0.5 }, presence: { online: 1 }, queues: { report: { waiting: 0 } } })
+  t.match(s.figures, { cache: { hits: 1, misses: 1, hitRatio: 0.5 }, presence: { online: 1 }, queues: { report: { waiting: 0 } }, rateLimit: { decisions: 3, refusedInMemory: 0, byPolicy: 0, instances: 1 } })
   t.ok(s.commands.some((c) => c.feature === 'cache' && c.tier === 'tcp' && c.commands >= 5), 'commands per feature and tier')
   t.match(s.budget, { limit: 100000, guard: false })
   t.ok(s.budget.used > 0 && s.history !== undefined && s.history.length >= 1)
@@ -99,6 +100,7 @@ t.test('in a real browser: every feature and its tier, live without a reload whe
   await app.listen({ port: 0, host: '127.0.0.1' })
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/status`
   for (let i = 0; i < 20; i++) await app.cache.getOrSet(`k${i % 5}`, () => i)
+  for (let i = 0; i < 4; i++) await app.rateLimiter.consume('page', { limit: 2, window: '1m' })
 
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS })
   t.teardown(async () => await browser.close())
@@ -114,6 +116,7 @@ t.test('in a real browser: every feature and its tier, live without a reload whe
     t.equal(await card.getAttribute('data-on'), 'tcp', `${feature} on tcp`)
     t.match(await card.textContent(), new RegExp(`${feature}on tcp`), `${feature} says where it runs`)
   }
+  t.match(await page.locator('[data-feature="rate-limit"]').textContent(), /decisions4.*refused in memory1/, 'the rate limiter\'s figures')
   t.equal(await page.locator('[data-tier="tcp"][data-state]').getAttribute('data-state'), 'up')
   t.match(await page.locator('#budget').textContent(), /of 5,000 commands today \(UTC\)/)
   t.ok(await page.locator('#chart-commands svg').count() === 1 && await page.locator('#chart-hits svg').count() === 1, 'both charts are drawn')

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache'
 import type { CacheStore, Envelope, InvalidationMessage, Variants } from './store'
 import { parseDuration } from '../duration'
-import { FeatureUnavailableError, InvalidInputError } from '../errors'
+import { InvalidInputError, tierFailure } from '../errors'
 import type { Tier } from '../resolve-tier'
 
 // The cache client, the same on every tier: a bounded in-process L1 in front
@@ -76,6 +76,8 @@ export interface CacheClientOptions {
   maxValueBytes: number
   /** A Redis call failed (already counted); log it at a bounded rate. */
   onStoreError: (err: Error, operation: string) => void
+  /** The 503 of a Redis failure a caller must hear of (`what`: e.g. 'confirm the delete'); default: without the cause. */
+  failure?: (what: string, err: unknown) => Error
 }
 
 export const MAX_KEY_LENGTH = 512
@@ -173,9 +175,11 @@ export function createCache (opts: CacheClientOptions): CacheClient {
 
   // Whether the last Redis call failed: a route's miss then does not wait for its write.
   let failing = false
+  let lastError: Error | undefined
 
   function failed (err: Error, operation: string): typeof FAILED {
     failing = true
+    lastError = err
     counters.redisErrors++
     opts.onStoreError(err, operation)
     return FAILED
@@ -195,7 +199,7 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   /** Invalidations must not fail silently (a stale value would be served): they reject with a 503-able error. */
   async function confirm<T> (operation: string, call: () => Promise<T>): Promise<T> {
     const result = await attempt(operation, call)
-    if (result === FAILED) throw new FeatureUnavailableError('cache', `Redis did not confirm the ${operation}; try again`)
+    if (result === FAILED) throw opts.failure?.(`confirm the ${operation}`, lastError) ?? tierFailure('cache', `confirm the ${operation}`)
     return result
   }
 
@@ -402,13 +406,13 @@ export function createCache (opts: CacheClientOptions): CacheClient {
   }
 }
 
-/** What a skipped cache is: present, typed, and every call rejects with the reason (503). */
-export function unavailableCache (reason: string): Cache {
-  const reject = async (): Promise<never> => { throw new FeatureUnavailableError('cache', reason) }
+/** What a skipped cache is: present, typed, and every call rejects with `refusal()` (our 503 with the reason). */
+export function unavailableCache (refusal: () => Error): Cache {
+  const reject = async (): Promise<never> => { throw refusal() }
   return {
     available: false,
     tier: null,
-    reason,
+    get reason () { return refusal().message },
     get: reject,
     set: reject,
     del: reject,

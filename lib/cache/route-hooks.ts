@@ -78,6 +78,8 @@ export interface RouteCacheDeps {
   honorNoCache: boolean
   redact: (err: unknown) => Error
   warn: (key: string, message: string) => void
+  /** Work the answer does not wait for (a refresh, an unconfirmed write): the feature runtime's background. */
+  background: (work: Promise<unknown>) => void
 }
 
 interface Route {
@@ -294,10 +296,10 @@ export function routeCacheHooks (deps: RouteCacheDeps): (route: RouteOptions) =>
     const headers = { ...request.headers, [refreshHeader]: refreshSecret }
     delete headers['if-none-match']
     delete headers['cache-control']
-    deps.inject({ method: 'GET', url: request.url, headers }).catch((err: unknown) => {
+    deps.background(deps.inject({ method: 'GET', url: request.url, headers }).catch((err: unknown) => {
       refreshing.delete(key)
       deps.warn('cache-refresh', `stale-while-revalidate refresh of ${request.url} failed: ${deps.redact(err).message}`)
-    })
+    }))
   }
 
   /** The credential header of a request that a route does not key on (and has not declared shared), if any. */
@@ -458,6 +460,7 @@ export function routeCacheHooks (deps: RouteCacheDeps): (route: RouteOptions) =>
     const saved = save(request, entry, stored, ttlMs)
     if (deps.reader()?.storeFailing() === true) {
       // Redis just failed or timed out: the answer does not wait for a write that would likely time out too.
+      deps.background(saved)
       reply.header('cache-status', status(entry, '; detail=store-unconfirmed'))
       return done(null, body)
     }

@@ -1,6 +1,6 @@
 import { Queue, Worker, type Job } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { closeTcp, duplicateTcp, meterTcp, type TcpClient } from '../tiers/tcp'
+import { closeTcp, duplicateTcp, meterTcp, type TcpClient } from '../tiers/tcp-client'
 import { isReconnecting } from '../tiers/tcp-reconnect'
 import { bullmqScriptCost } from './costs'
 import { RestBullmqClient } from './rest-client'

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events'
 import { Readable } from 'node:stream'
 import type { IRedisClient, IRedisTransaction } from 'bullmq'
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import { isNoScript, type Meter } from '../redis-commands'
+import { billedOnFailure, isNoScript, type Meter } from '../redis-commands'
 import { reduceRedisError, withoutCommand } from '../redact'
 import { bullmqScriptCost } from './costs'
 
@@ -53,9 +53,9 @@ function encode (script: Script, args: unknown[]): { keys: string[], argv: strin
   return { keys, argv }
 }
 
-/** What a script call that answered `error` is billed: nothing ran on a NOSCRIPT answer but the EVALSHA itself. */
+/** What a script call that answered `error` (or nothing) is billed. */
 function billed (script: Script, error: unknown): number {
-  return error !== undefined && isNoScript(error) ? 1 : script.cost
+  return error !== undefined ? billedOnFailure(error, script.cost) : script.cost
 }
 
 /** `call`'s answer; its failure without the command text. */

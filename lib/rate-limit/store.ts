@@ -162,3 +162,8 @@ export function memoryRateLimitStore (maxKeys = 100_000): RateLimitStore {
     }
   }
 }
+
+/** The store of a binding: the shared count on a Redis tier, this instance's on memory. */
+export function rateLimitStoreFor (commands: RedisCommands | null, prefix: string): RateLimitStore {
+  return commands === null ? memoryRateLimitStore() : redisRateLimitStore(commands, prefix)
+}

@@ -51,10 +51,13 @@ export function frame (event: SseEvent): string {
   return `id: ${event.id}\n${name}${event.data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join('\n')}\n\n`
 }
 
-export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes: number }, counters: ClientCounters, onEmpty: () => void): ClientRegistry {
+/** Runs `task` every `ms` until the returned function is called (the feature runtime's scheduler). */
+export type Every = (ms: number, task: () => void) => () => void
+
+export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes: number }, counters: ClientCounters, onEmpty: () => void, every: Every): ClientRegistry {
   const clients = new Set<Client>()
   const byChannel = new Map<string, Set<Client>>()
-  let heartbeat: NodeJS.Timeout | undefined
+  let heartbeat: (() => void) | undefined
 
   function write (client: Client, chunk: Buffer | string): void {
     if (client.res.destroyed) return
@@ -87,12 +90,12 @@ export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes:
     // Only streams that were silent since the last check need a ping (a busy
     // stream costs nothing); checking twice per interval means no stream is
     // silent for longer than SSE_HEARTBEAT_MS.
-    heartbeat = setInterval(() => {
+    heartbeat = every(Math.floor(settings.heartbeatMs / 2), () => {
       for (const client of clients) {
         if (client.silent && client.pending === null) write(client, PING)
         client.silent = true
       }
-    }, Math.floor(settings.heartbeatMs / 2))
+    })
   }
 
   function remove (client: Client): void {
@@ -103,7 +106,7 @@ export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes:
       if (set?.size === 0) byChannel.delete(channel)
     }
     if (clients.size > 0) return
-    clearInterval(heartbeat)
+    heartbeat?.()
     heartbeat = undefined
     onEmpty()
   }
@@ -158,7 +161,7 @@ export function clientRegistry (settings: { heartbeatMs: number, maxBufferBytes:
       }
     },
     stop () {
-      clearInterval(heartbeat)
+      heartbeat?.()
       heartbeat = undefined
     }
   }

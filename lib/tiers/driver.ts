@@ -1,13 +1,22 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import type { DiagnosisContext } from '../diagnose'
+import type { ReadVariable } from '../config'
+import type { DiagnosisContext, Failure } from '../diagnose'
 import type { LuaScript, Meter, RedisCommands } from '../redis-commands'
 import type { RedisTier } from '../resolve-tier'
 
-// One Redis tier behind one small contract: what to connect to (from the
-// settings), how to probe and ping it, the commands adapter and pub/sub
-// transport on its client, how its client reports its own connection state,
-// and how to close it. plugins/connections.ts loops over drivers; a new tier
-// is one new file that returns one of these.
+// One Redis tier behind one small contract. Its definition (TierDefinition)
+// says what it is called, how it reads its own settings and which failures
+// only it has; the driver it configures says how to probe and ping it, the
+// commands adapter and pub/sub transport on its client, how its client reports
+// its own connection state, and how to close it. connections, the resolver,
+// /health, /metrics and the status page loop over the registered definitions
+// (registry.ts): a new tier is one file exporting a TierDefinition and one
+// registerTier line.
+
+export type TargetResult<T> =
+  | { status: 'none' }
+  | { status: 'invalid', variable: string, diagnosis: string }
+  | { status: 'ok', target: T }
 
 export interface ProbeResult<Client> {
   ok: boolean
@@ -59,4 +68,24 @@ export interface TierDriver<Client = unknown> {
   info?: (client: Client, section: string, ms: number) => Promise<string>
   /** What /health and the boot report add about the connected client (e.g. a cluster's mode and nodes). */
   describe?: (client: Client) => Promise<Record<string, unknown>>
+}
+
+/** A Redis tier as the registry knows it: its name, how it is named to people, and how it is configured. */
+export interface TierDefinition<Client = unknown> {
+  readonly tier: RedisTier
+  /** How a skipped feature's reason names it: `a TCP Redis (REDIS_URL)`. */
+  readonly label: string
+  /** What the status page says to set for a tier that is not configured. */
+  readonly setUp: string
+  /** The variables that hold its secrets: redacted from every text that leaves the process, even when the tier is misconfigured. */
+  readonly secretVariables: readonly string[]
+  /**
+   * The driver for its own variables: `none` when none is set, `invalid` with a diagnosis naming
+   * the variable (reported, never dialled). Throws ConfigError for a malformed number or flag.
+   */
+  configure: (read: ReadVariable, timeouts: TierTimeouts) => TargetResult<TierDriver<Client>>
+  /** Failures only this tier has, as one sentence, asked after the common ones (timeout, DNS, refused, TLS); null when none fits. */
+  diagnose?: (failure: Failure) => string | null
+  /** Added to the sentence for a probe that timed out (e.g. a TLS hint). */
+  timeoutHint?: (ctx: DiagnosisContext) => string
 }

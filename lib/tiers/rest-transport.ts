@@ -1,6 +1,6 @@
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import type { RestTarget } from '../targets'
+import type { RestTarget } from './rest-target'
 import { withTimeout } from '../deadline'
 import { reduceRedisError } from '../redact'
 

@@ -1,10 +1,11 @@
 import type { Redis as UpstashRedis } from '@upstash/redis' with { 'resolution-mode': 'import' }
-import type { ConnectionSettings } from '../config'
+import type { ReadVariable } from '../config'
+import type { Failure } from '../diagnose'
 import { withTimeout } from '../deadline'
 import type { LuaScript, Meter, RedisCommands } from '../redis-commands'
 import { reduceRedisError } from '../redact'
-import { restTarget, type RestTarget, type TargetResult } from '../targets'
-import type { CommandObserver, ProbeResult, TierDriver, TierTimeouts } from './driver'
+import { restSettings, restTarget, type RestTarget } from './rest-target'
+import type { CommandObserver, ProbeResult, TargetResult, TierDefinition, TierDriver, TierTimeouts } from './driver'
 import { refusalCause } from '../refusal'
 import { restTransport } from './rest-transport'
 
@@ -93,9 +94,9 @@ function restCommands (client: UpstashRedis, timeoutMs: number, meter: Meter, ob
   }
 }
 
-/** The rest tier, when UPSTASH_REDIS_REST_URL + _TOKEN (or Vercel's KV_REST_API_*) configure one. */
-export function restTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<UpstashRedis>> {
-  const result = restTarget(settings)
+/** The rest tier's driver, when UPSTASH_REDIS_REST_URL + _TOKEN (or Vercel's KV_REST_API_*) configure one. */
+function configureRest (read: ReadVariable, timeouts: TierTimeouts): TargetResult<TierDriver<UpstashRedis>> {
+  const result = restTarget(restSettings(read))
   if (result.status !== 'ok') return result
   const target = result.target
   return {
@@ -113,4 +114,28 @@ export function restTier (settings: ConnectionSettings, timeouts: TierTimeouts):
       info: async (client, section, ms) => String(await withTimeout(client.exec(['INFO', section]), ms).catch((err: unknown) => { throw reduceRedisError(err) }))
     }
   }
+}
+
+/** What only an HTTP endpoint answers: a refused token, a page that is not Upstash, a dropped request. */
+function diagnoseRest ({ code, message, where, ctx }: Failure): string | null {
+  if (/unauthori[sz]ed|WRONGPASS|NOAUTH|forbidden|NOPERM|invalid.*token|\b40[13]\b/i.test(message)) {
+    return `${where} rejected the token (HTTP 401/403): ${ctx.secretVariable} is wrong or lacks permission; copy the REST token again from the Upstash console`
+  }
+  if (/Unable to parse response body|JSON/i.test(message)) {
+    return `${where} did not answer like an Upstash REST endpoint: check that ${ctx.variable} is the REST URL (https://<name>.upstash.io), not a web page or proxy`
+  }
+  if (code === 'ECONNRESET' || /socket hang up|other side closed/i.test(message)) {
+    return `${where} closed the connection: check ${ctx.variable}`
+  }
+  return null
+}
+
+/** Upstash REST (@upstash/redis over HTTP): no blocking commands, no long-lived connection. */
+export const restTier: TierDefinition<UpstashRedis> = {
+  tier: 'rest',
+  label: 'Upstash REST (UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN)',
+  setUp: 'Set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to use Upstash REST.',
+  secretVariables: ['UPSTASH_REDIS_REST_TOKEN', 'KV_REST_API_TOKEN'],
+  configure: configureRest,
+  diagnose: diagnoseRest
 }

@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from 'ioredis'
-import type { TcpClient } from './tcp'
+import type { TcpClient } from './tcp-client'
 
 // A connection that died while Redis stayed up (the server's idle timeout, a
 // NAT gateway, a process frozen longer than either) is not an outage. ioredis
@@ -81,8 +81,9 @@ export function isReconnecting (client: object): boolean {
 
 /**
  * Install the behaviour above on one fail-fast connection. On a Cluster the hold is the cluster's
- * (it reconnects as a whole once every node connection closed) and each node only refuses to let
- * the cluster client resend a written command that may have run (nodeGuard).
+ * (it reconnects as a whole once every node connection closed); what was written is known only per
+ * node (nodeGuard): handing a command to the Cluster client is not writing it, as the client may
+ * park it (its failover retry) or refuse it (a node still connecting) without any write.
  */
 export function holdWhileReconnecting (client: TcpClient): void {
   if (recovering.has(client)) return
@@ -96,14 +97,35 @@ export function holdWhileReconnecting (client: TcpClient): void {
   let wasReady = client.status === 'ready'
   let reconnecting = false
   const release = watchClock()
-  recovering.set(client, () => reconnecting)
+  recovering.set(client, () => awaitingReconnect())
 
   const writable = (): boolean => client.status === 'ready' && (cluster || (client as Redis).stream?.writable === true)
 
   function write (command: HeldCommand): unknown {
+    if (cluster) return send(holdIfRefused(command))
     if (written.size >= 256) for (const c of written) if (c.isSettled) written.delete(c)
     written.add(command)
     return send(command)
+  }
+
+  /** Since the last `ready`, the connection closed or is closing and no reconnect has failed yet. */
+  const awaitingReconnect = (): boolean => reconnecting || (wasReady && client.status !== 'ready' && client.status !== 'end')
+
+  /**
+   * A Cluster fails a command that no node wrote (nodeGuard has made a written one that may have
+   * run fail otherwise) with "Connection is closed." or "Cluster isn't ready" when its retry comes
+   * while the cluster reconnects: that command waits for `ready` instead, within its deadline.
+   */
+  const refusable = new WeakSet<HeldCommand>()
+  function holdIfRefused (command: HeldCommand): HeldCommand {
+    if (refusable.has(command)) return command
+    refusable.add(command)
+    const reject = command.reject
+    command.reject = (err) => {
+      if (!awaitingReconnect() || !(err.message === CONNECTION_CLOSED || err.message.startsWith(CLUSTER_NOT_READY))) return reject(err)
+      hold(command)
+    }
+    return command
   }
 
   /** A command's deadline runs while it waits (ioredis would start it only when writing it). */
@@ -123,7 +145,7 @@ export function holdWhileReconnecting (client: TcpClient): void {
     // The connection's own set-up (HELLO, CLIENT SETNAME, the ready check's INFO; a Cluster's CLUSTER INFO) is sent before `ready`.
     if (client.status === 'connect' && (cluster ? command.name === 'cluster' : (command.constructor as unknown as CommandClass).checkFlag('HANDSHAKE_COMMANDS', command.name))) return send(command)
     // Ready but no longer writable: the socket ended and its `close` is on the way.
-    if (reconnecting || client.status === 'ready') {
+    if (awaitingReconnect() || client.status === 'ready') {
       hold(command)
       return command.promise
     }
@@ -146,6 +168,7 @@ export function holdWhileReconnecting (client: TcpClient): void {
     // A Cluster decides to reconnect just after this event; 'end' follows if it does not.
     reconnecting = wasReady && client.status !== 'end'
     wasReady = false
+    // On a Cluster this set stays empty: each node failed its written commands when it closed.
     for (const command of written) {
       if (command.isSettled) continue
       if (reconnecting && IDEMPOTENT.has(command.name) && !resent.has(command)) {
@@ -181,12 +204,20 @@ export function holdWhileReconnecting (client: TcpClient): void {
 }
 
 const CONNECTION_CLOSED = 'Connection is closed.'
+/** ioredis's Cluster, offline queue off, when a command (or its failover retry) comes while it is not ready. */
+const CLUSTER_NOT_READY = "Cluster isn't ready"
+
+/** Commands written on a node's socket whose reply has not come yet (nodeGuard). */
+const onSocket = new WeakSet<HeldCommand>()
+const guarded = new WeakSet<HeldCommand>()
 
 /**
  * A node of a Cluster: when its connection closes, ioredis's Cluster client sends again every command
- * that failed with "Connection is closed." (its failover path), written ones included. A written
- * command that may have changed something fails instead with a sentence saying so; one that was
- * never written (the node's socket had already ended) is handed to that path, which is then safe.
+ * that failed with "Connection is closed." (its failover path), written ones included. A command
+ * written on this node that may have changed something fails instead with a sentence saying so, if
+ * this connection closes before it is answered. One never written (the node's socket had already
+ * ended), or answered here by a redirection (MOVED, ASK, TRYAGAIN: it did not run) and refused
+ * before its next write (its new node still connecting), is left to that path, which is then safe.
  */
 function nodeGuard (node: Redis): void {
   const raw = node as unknown as { sendCommand: Send }
@@ -198,10 +229,21 @@ function nodeGuard (node: Redis): void {
       return command.promise
     }
     if (node.status === 'ready' && !IDEMPOTENT.has(command.name)) {
-      const reject = command.reject
-      command.reject = (err) => reject(err.message === CONNECTION_CLOSED ? lost(command.name) : err)
+      guardWrite(command)
+      onSocket.add(command) // written now: ioredis writes at once on a ready, writable connection
     }
     return send(command)
+  }
+}
+
+/** Once per command, whichever node writes it: only the loss of its pending write is "may have run". */
+function guardWrite (command: HeldCommand): void {
+  if (guarded.has(command)) return
+  guarded.add(command)
+  const reject = command.reject
+  command.reject = (err) => {
+    const pending = onSocket.delete(command) // any answer or failure ends the write it marks
+    reject(pending && err.message === CONNECTION_CLOSED ? lost(command.name) : err)
   }
 }
 

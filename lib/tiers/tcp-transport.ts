@@ -1,5 +1,5 @@
 import type { BusTransport, Deliver, Resumed } from '../bus'
-import { closeTcp, duplicateTcp, isShardChannel, type TcpClient } from './tcp'
+import { closeTcp, duplicateTcp, isShardChannel, type TcpClient } from './tcp-client'
 import { withTimeout } from '../deadline'
 import { reduceRedisError } from '../redact'
 

@@ -1,17 +1,17 @@
 import { once } from 'node:events'
-import { createHash } from 'node:crypto'
-import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from 'ioredis'
+import type { Cluster, ClusterNode, ClusterOptions, RedisOptions } from 'ioredis'
 import calculateSlot from 'cluster-key-slot'
-import type { ConnectionSettings } from '../config'
-import { tcpTarget, type TargetResult, type TcpTarget } from '../targets'
-import { isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
-import type { CommandObserver, LiveSignals, ProbeResult, TierDriver, TierTimeouts } from './driver'
+import type { ReadVariable } from '../config'
+import type { DiagnosisContext, Failure } from '../diagnose'
+import { clusterSeeds, tcpSettings, tcpTarget, type TcpTarget } from './tcp-target'
+import { billedOnFailure, isNoScript, type LuaScript, type Meter, type RedisCommands } from '../redis-commands'
+import type { CommandObserver, LiveSignals, ProbeResult, TargetResult, TierDefinition, TierDriver, TierTimeouts } from './driver'
 import { tcpTransport } from './tcp-transport'
-import { ProbeTimeout } from '../diagnose'
-import { ConfigError } from '../errors'
+import { ProbeTimeout } from '../errors'
 import { withTimeout } from '../deadline'
 import { reduceRedisError } from '../redact'
 import { holdWhileReconnecting } from './tcp-reconnect'
+import { closeTcp, isCluster, isShardChannel, sha1, shardedPubSub, type TcpClient } from './tcp-client'
 
 // ioredis defaults are the bug this project exists to fix: an offline queue
 // that holds HTTP requests hostage, 20 retries per command, no command
@@ -19,70 +19,6 @@ import { holdWhileReconnecting } from './tcp-reconnect'
 // the connection come back on its own.
 
 export const MAX_RECONNECT_DELAY_MS = 5000
-
-/** The tcp tier's client: one Redis, or a Redis Cluster (detected at the probe). */
-export type TcpClient = Redis | Cluster
-
-export function isCluster (client: TcpClient): client is Cluster {
-  return (client as Partial<Cluster>).isCluster === true
-}
-
-// Clusters whose servers have sharded pub/sub (Redis 7): set by the probe.
-const shardedPubSub = new WeakSet<Cluster>()
-
-/**
- * On a cluster with sharded pub/sub, a channel named with a hash tag (`{...}`)
- * is a shard channel: SPUBLISH/SSUBSCRIBE, carried only by the nodes of its
- * slot instead of broadcast to every node.
- */
-export function isShardChannel (client: TcpClient, channel: string): boolean {
-  return channel.startsWith('{') && isCluster(client) && shardedPubSub.has(client)
-}
-
-/**
- * Another connection with the same settings (a Cluster duplicates as a Cluster: `overrides` apply
- * to each node, `cluster` to the cluster client; its offline queue follows the nodes' setting).
- */
-export function duplicateTcp (client: TcpClient, connectionName: string, overrides: RedisOptions = {}, cluster: Partial<ClusterOptions> = {}): TcpClient {
-  // A patient connection (offline queue, BullMQ's workers) waits for a reconnect by itself.
-  if (!isCluster(client)) {
-    const duplicate = client.duplicate({ connectionName, ...overrides })
-    if (duplicate.options.enableOfflineQueue === false) holdWhileReconnecting(duplicate)
-    return duplicate
-  }
-  const { options } = client
-  const offlineQueue = overrides.enableOfflineQueue ?? options.enableOfflineQueue
-  const duplicate = client.duplicate([], { ...options, ...cluster, enableOfflineQueue: offlineQueue, redisOptions: { ...options.redisOptions, connectionName, ...overrides } })
-  if (offlineQueue === false) holdWhileReconnecting(duplicate)
-  return duplicate
-}
-
-/**
- * Tells `meter` of every command `client` sends, pipelines and connection set-up included, and
- * makes every duplicate of it do the same: for clients handed to a library that sends commands of
- * its own (BullMQ, which duplicates what it is given for its blocking connections). A script
- * defined on it (defineCommand) is billed `scriptCost(name)`, learnt as the library defines it.
- */
-export function meterTcp<T extends TcpClient> (client: T, meter: Meter, scriptCost: (name: string) => number, costs = new Map<string, number>()): T {
-  type Send = (command: { name: string, args: unknown[] }, ...rest: unknown[]) => unknown
-  type Define = (name: string, definition: { lua: string, numberOfKeys?: number }) => void
-  type Duplicate = (...args: unknown[]) => TcpClient
-  const raw = client as unknown as { sendCommand: Send, defineCommand: Define, duplicate: Duplicate }
-  const send = raw.sendCommand.bind(client)
-  const define = raw.defineCommand.bind(client)
-  const duplicate = raw.duplicate.bind(client)
-  raw.defineCommand = (name, definition) => {
-    costs.set(sha1(definition.lua), scriptCost(name))
-    define(name, definition)
-  }
-  raw.sendCommand = (command, ...rest) => {
-    const { name, args } = command
-    meter(name === 'evalsha' ? costs.get(String(args[0])) ?? 1 : name === 'eval' ? costs.get(sha1(String(args[0]))) ?? 1 : 1)
-    return send(command, ...rest)
-  }
-  raw.duplicate = (...args) => meterTcp(duplicate(...args), meter, scriptCost, costs)
-  return client
-}
 
 /**
  * The first attempt after a close is immediate: a connection the server or the network closed
@@ -207,42 +143,11 @@ async function probeCluster (target: TcpTarget, seeds: ClusterNode[], timeouts: 
   }
 }
 
-/** REDIS_CLUSTER_NODES: `host:port,host:port`; a malformed entry is an error naming it. */
-export function clusterSeeds (raw: string | undefined): ClusterNode[] {
-  if (raw === undefined) return []
-  return raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map((entry) => {
-    const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(entry)
-    if (match === null) throw new ConfigError(`Invalid configuration: REDIS_CLUSTER_NODES entry "${entry.slice(0, 60)}" is not host:port (e.g. 10.0.0.2:6379,10.0.0.3:6379)`)
-    return { host: match[1], port: Number(match[2]) }
-  })
-}
-
-/** Ask the server to close, but never wait longer than `ms`. */
-export async function closeTcp (client: TcpClient, ms: number): Promise<void> {
-  if (client.status === 'end') return
-  if (client.status !== 'ready') {
-    client.disconnect()
-    return
-  }
-  const timer = setTimeout(() => client.disconnect(), ms)
-  try {
-    await client.quit()
-  } catch {
-    client.disconnect()
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
 /** PING with its own deadline, independent of the client's command timeout. */
 async function pingTcp (client: TcpClient, ms: number): Promise<number> {
   const started = performance.now()
   await withTimeout(client.ping(), ms, () => new ProbeTimeout(`no PING reply within ${ms} ms`))
   return Math.round((performance.now() - started) * 100) / 100
-}
-
-function sha1 (text: string): string {
-  return createHash('sha1').update(text).digest('hex')
 }
 
 function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter, observer?: CommandObserver): RedisCommands {
@@ -278,7 +183,7 @@ function tcpCommands (client: TcpClient, timeoutMs: number, meter: Meter, observ
       billed = script.cost(keys.length, reply)
       return reply
     } catch (err) {
-      if (!isNoScript(err)) billed = script.cost(keys.length, undefined)
+      billed = billedOnFailure(err, script.cost(keys.length, undefined))
       throw err
     } finally {
       meter(billed)
@@ -381,8 +286,9 @@ function watchTcp (client: TcpClient, signals: LiveSignals, graceMs: number): vo
   client.on('end', () => down()) // no reconnect follows (closed by us, or a Cluster gave up)
 }
 
-/** The tcp tier, when REDIS_URL or REDIS_HOST configure one. */
-export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
+/** The tcp tier's driver, when REDIS_URL or REDIS_HOST configure one. */
+function configureTcp (read: ReadVariable, timeouts: TierTimeouts): TargetResult<TierDriver<TcpClient>> {
+  const settings = tcpSettings(read)
   const result = tcpTarget(settings)
   if (result.status !== 'ok') return result
   const target = result.target
@@ -419,4 +325,43 @@ export function tcpTier (settings: ConnectionSettings, timeouts: TierTimeouts): 
       }
     }
   }
+}
+
+function tlsHint (ctx: DiagnosisContext): string {
+  return ctx.tls ? '' : `; if the server only accepts TLS, use rediss:// in ${ctx.variable === 'REDIS_HOST' ? 'REDIS_URL (or REDIS_TLS=true)' : ctx.variable}`
+}
+
+/** What only a Redis spoken to over TCP answers: its own auth errors, a connection lost while reconnecting, a server that is not Redis. */
+function diagnoseTcp ({ code, message, where, ctx }: Failure): string | null {
+  if (/Stream isn't writeable|Connection is closed\.?$/i.test(message) && !/handshake/.test(message)) {
+    return `the connection to ${where} is down and is being re-established in the background; check that the server is running`
+  }
+  if (/WRONGPASS|invalid (username-)?password|invalid password/i.test(message)) {
+    return `authentication failed (WRONGPASS) at ${where}: the user name or password in ${ctx.secretVariable} is wrong`
+  }
+  if (/NOAUTH|Authentication required/i.test(message)) {
+    return `${where} requires a password (NOAUTH): put it in ${ctx.secretVariable === 'REDIS_URL' ? 'REDIS_URL as redis://:password@host:port' : ctx.secretVariable}`
+  }
+  if (/without any password configured|no password is set/i.test(message)) {
+    return `a password was given but ${where} has none configured: remove it from ${ctx.secretVariable}`
+  }
+  if (code === 'ECONNRESET' || /Connection is closed|socket hang up/i.test(message)) {
+    return `${where} closed the connection during the handshake${tlsHint(ctx)}`
+  }
+  if (/Unknown RESP type|Protocol error/i.test(message)) {
+    return `${where} answered with something that is not Redis (an HTTP server or a proxy?): check the host and port in ${ctx.variable}`
+  }
+  return null
+}
+
+/** A TCP Redis (ioredis), a Redis Cluster included: the best tier, as it has everything. */
+export const tcpTier: TierDefinition<TcpClient> = {
+  tier: 'tcp',
+  label: 'a TCP Redis (REDIS_URL)',
+  setUp: 'Set REDIS_URL to use a TCP Redis.',
+  secretVariables: ['REDIS_PASSWORD'],
+  configure: configureTcp,
+  diagnose: diagnoseTcp,
+  // A server without TLS looks the same to rediss:// as one that does not answer.
+  timeoutHint: (ctx) => `${tlsHint(ctx)}${ctx.tls ? '; a server without TLS looks the same to rediss://, so if it has no TLS use redis://' : ''}`
 }

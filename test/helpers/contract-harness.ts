@@ -4,9 +4,7 @@ import { startRestServer } from '../../support/rest-server'
 import { loadSettings, type EnvInput } from '../../lib/config'
 import { tcpTier } from '../../lib/tiers/tcp'
 import { restTier } from '../../lib/tiers/rest'
-import type { TierDriver, TierTimeouts } from '../../lib/tiers/driver'
-import type { TargetResult } from '../../lib/targets'
-import type { ConnectionSettings } from '../../lib/config'
+import type { TierDefinition, TierDriver, TierTimeouts } from '../../lib/tiers/driver'
 import type { Meter, RedisCommands } from '../../lib/redis-commands'
 import type { BusTransport, Deliver, Resumed } from '../../lib/bus'
 import type { RedisTier } from '../../lib/resolve-tier'
@@ -19,17 +17,18 @@ import type { RedisTier } from '../../lib/resolve-tier'
 
 export const TIMEOUTS: TierTimeouts = { connectTimeoutMs: 2000, commandTimeoutMs: 2000 }
 
-type Configure = (settings: ConnectionSettings, timeouts: TierTimeouts) => TargetResult<TierDriver<unknown>>
+type Configure = TierDefinition['configure']
 
 /** Every Redis tier driver, and the env that points it at the harness. */
 export const DRIVERS: Array<{ tier: RedisTier, configure: Configure, env: (h: { redis: RedisServer, rest: { url: string, token: string } }) => EnvInput }> = [
-  { tier: 'tcp', configure: tcpTier as Configure, env: ({ redis }) => ({ REDIS_URL: redis.url }) },
-  { tier: 'rest', configure: restTier as Configure, env: ({ rest }) => ({ UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }) }
+  { tier: 'tcp', configure: tcpTier.configure as Configure, env: ({ redis }) => ({ REDIS_URL: redis.url }) },
+  { tier: 'rest', configure: restTier.configure as Configure, env: ({ rest }) => ({ UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token }) }
 ]
 
 /** The driver of `configure` for exactly `env` (no process.env), or a thrown diagnosis. */
 export function driverFor (configure: Configure, env: EnvInput, timeouts: TierTimeouts = TIMEOUTS): TierDriver<unknown> {
-  const result = configure(loadSettings(env).connection, timeouts)
+  const { env: settings } = loadSettings(env)
+  const result = configure((name) => settings[name], timeouts)
   if (result.status !== 'ok') throw new Error(`driver not configured: ${result.status === 'invalid' ? result.diagnosis : 'nothing set'}`)
   return result.target
 }

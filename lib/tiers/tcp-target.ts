@@ -1,8 +1,39 @@
-import type { ConnectionSettings } from './config'
-import { redactUrl } from './redact'
+import type { ClusterNode } from 'ioredis'
+import { parseBooleanVariable, parseIntegerVariable, type ReadVariable } from '../config'
+import { ConfigError } from '../errors'
+import { redactUrl } from '../redact'
+import type { TargetResult } from './driver'
 
-// Turns settings into what to connect to, or into a diagnosis that names the
-// variable and the fix. Never invents a host: no configuration means no Redis.
+// The tcp tier's settings turned into what to connect to, or into a diagnosis
+// that names the variable and the fix. Never invents a host: no configuration
+// means no Redis.
+
+/** The variables of the tcp tier, parsed (a malformed number or flag throws ConfigError naming it). */
+export interface TcpSettings {
+  REDIS_URL?: string
+  /** More cluster seed nodes, `host:port,host:port` (the first seed is REDIS_URL's). */
+  REDIS_CLUSTER_NODES?: string
+  REDIS_HOST?: string
+  REDIS_PORT?: number
+  REDIS_USERNAME?: string
+  REDIS_PASSWORD?: string
+  REDIS_DB?: number
+  REDIS_TLS?: boolean
+}
+
+export function tcpSettings (read: ReadVariable): TcpSettings {
+  const optional = <T>(name: string, parse: () => T): T | undefined => read(name) === undefined ? undefined : parse()
+  return {
+    REDIS_URL: read('REDIS_URL'),
+    REDIS_CLUSTER_NODES: read('REDIS_CLUSTER_NODES'),
+    REDIS_HOST: read('REDIS_HOST'),
+    REDIS_PORT: optional('REDIS_PORT', () => parseIntegerVariable(read, 'REDIS_PORT', 0, 1, 65535)),
+    REDIS_USERNAME: read('REDIS_USERNAME'),
+    REDIS_PASSWORD: read('REDIS_PASSWORD'),
+    REDIS_DB: optional('REDIS_DB', () => parseIntegerVariable(read, 'REDIS_DB', 0, 0, 1000)),
+    REDIS_TLS: optional('REDIS_TLS', () => parseBooleanVariable(read, 'REDIS_TLS', false))
+  }
+}
 
 export interface TcpTarget {
   source: 'REDIS_URL' | 'REDIS_HOST'
@@ -16,22 +47,9 @@ export interface TcpTarget {
   display: string
 }
 
-export interface RestTarget {
-  urlVariable: string
-  tokenVariable: string
-  url: string
-  token: string
-  display: string
-}
-
-export type TargetResult<T> =
-  | { status: 'none' }
-  | { status: 'invalid', variable: string, diagnosis: string }
-  | { status: 'ok', target: T }
-
 const TLS_ONLY_HOSTS = ['.upstash.io']
 
-export function tcpTarget (s: ConnectionSettings): TargetResult<TcpTarget> {
+export function tcpTarget (s: TcpSettings): TargetResult<TcpTarget> {
   if (s.REDIS_URL !== undefined) return tcpTargetFromUrl(s.REDIS_URL, s)
   if (s.REDIS_HOST !== undefined) {
     const target: TcpTarget = {
@@ -58,7 +76,7 @@ export function tcpTarget (s: ConnectionSettings): TargetResult<TcpTarget> {
   return { status: 'none' }
 }
 
-function tcpTargetFromUrl (raw: string, s: ConnectionSettings): TargetResult<TcpTarget> {
+function tcpTargetFromUrl (raw: string, s: TcpSettings): TargetResult<TcpTarget> {
   let url: URL
   try {
     url = new URL(raw)
@@ -111,37 +129,12 @@ function displayTcp (t: TcpTarget): string {
   return `${t.tls ? 'rediss' : 'redis'}://${auth}${host}:${t.port}/${t.db}`
 }
 
-export function restTarget (s: ConnectionSettings): TargetResult<RestTarget> {
-  const urlVariable = s.UPSTASH_REDIS_REST_URL !== undefined ? 'UPSTASH_REDIS_REST_URL' : 'KV_REST_API_URL'
-  const tokenVariable = s.UPSTASH_REDIS_REST_TOKEN !== undefined ? 'UPSTASH_REDIS_REST_TOKEN' : 'KV_REST_API_TOKEN'
-  const url = s.UPSTASH_REDIS_REST_URL ?? s.KV_REST_API_URL
-  const token = s.UPSTASH_REDIS_REST_TOKEN ?? s.KV_REST_API_TOKEN
-  if (url === undefined && token === undefined) return { status: 'none' }
-  if (url === undefined) {
-    return { status: 'invalid', variable: tokenVariable, diagnosis: `${tokenVariable} is set but UPSTASH_REDIS_REST_URL is missing; set it to the https:// REST URL shown next to the token in the Upstash console` }
-  }
-  let parsed: URL
-  try {
-    parsed = new URL(url)
-  } catch {
-    return { status: 'invalid', variable: urlVariable, diagnosis: `${urlVariable} is not a valid URL; expected https://<name>.upstash.io` }
-  }
-  if (parsed.protocol === 'redis:' || parsed.protocol === 'rediss:') {
-    return {
-      status: 'invalid',
-      variable: urlVariable,
-      diagnosis: `${urlVariable} holds a ${parsed.protocol}// URL (${redactUrl(url)}), which is a Redis TCP address, not the REST endpoint; move it to REDIS_URL, and set ${urlVariable} to the https:// REST URL`
-    }
-  }
-  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
-    return { status: 'invalid', variable: urlVariable, diagnosis: `${urlVariable} must start with https:// (got ${parsed.protocol}//)` }
-  }
-  if (token === undefined) {
-    return { status: 'invalid', variable: urlVariable, diagnosis: `${urlVariable} is set but UPSTASH_REDIS_REST_TOKEN is missing; copy the REST token from the Upstash console (on Vercel: KV_REST_API_TOKEN)` }
-  }
-  if (/\s/.test(token)) {
-    return { status: 'invalid', variable: tokenVariable, diagnosis: `${tokenVariable} contains whitespace or a line break; paste the token again without it` }
-  }
-  const base = url.replace(/\/+$/, '')
-  return { status: 'ok', target: { urlVariable, tokenVariable, url: base, token, display: redactUrl(base).replace(/\/$/, '') } }
+/** REDIS_CLUSTER_NODES: `host:port,host:port`; a malformed entry is an error naming it. */
+export function clusterSeeds (raw: string | undefined): ClusterNode[] {
+  if (raw === undefined) return []
+  return raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map((entry) => {
+    const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(entry)
+    if (match === null) throw new ConfigError(`Invalid configuration: REDIS_CLUSTER_NODES entry "${entry.slice(0, 60)}" is not host:port (e.g. 10.0.0.2:6379,10.0.0.3:6379)`)
+    return { host: match[1], port: Number(match[2]) }
+  })
 }
