@@ -65,7 +65,8 @@ const OPERATIONS: Operation[] = [
   { name: 'cache invalidateTags, 1 tag of 10 keys', features: ['cache'], setup: async (app, r) => { for (let i = 0; i < 10; i++) await app.cache.set(`k${r}-${i}`, i, { tags: [`t${r}`] }) }, op: async (app, r) => await app.cache.invalidateTags([`t${r}`]) },
   { name: 'sse publish', features: ['sse'], op: async (app, r) => await app.sse.publish(`ch${r}`, { r }) },
   { name: 'presence heartbeat, join (+ its sse event)', features: ['presence', 'sse'], op: async (app, r) => await app.presence.heartbeat(`join${r}`) },
-  { name: 'presence heartbeat, already online', features: ['presence', 'sse'], op: async (app) => await app.presence.heartbeat('steady') },
+  { name: 'presence heartbeat, already online (coalesced: the flush that writes it)', features: ['presence', 'sse'], op: async (app) => await app.presence.heartbeat('steady') },
+  { name: 'presence heartbeats of 100 users already online (one flush)', features: ['presence', 'sse'], setup: async (app) => { for (let i = 0; i < 100; i++) await app.presence.heartbeat(`many${i}`) }, op: async (app) => { for (let i = 0; i < 100; i++) await app.presence.heartbeat(`many${i}`) } },
   { name: 'presence count / get / list (each)', features: ['presence'], op: async (app) => await app.presence.count() },
   { name: 'rate limit, fixed window, a window\'s first', features: ['rate-limit'], op: async (app, r) => await app.rateLimiter.consume(`new${r}`, { limit: 10, window: '1m' }) },
   { name: 'rate limit, fixed window, within a window', features: ['rate-limit'], op: async (app) => await app.rateLimiter.consume('steady', { limit: 1e6, window: '1m' }) },
@@ -88,7 +89,8 @@ export async function run (): Promise<void> {
   try {
     for (const [tier, env] of Object.entries(tiers)) {
       await admin.flushall() // the same users join on each tier
-      const app = await bootApp({ ...env, QUEUES_PREFIX: `costs-${tier}`, QUEUES_WORKERS: false }, (f) => {
+      // A flush every 500 ms: the flush of a coalesced heartbeat falls within the second an operation is given to settle.
+      const app = await bootApp({ ...env, QUEUES_PREFIX: `costs-${tier}`, QUEUES_WORKERS: false, PRESENCE_FLUSH_MS: 500 }, (f) => {
         f.queues.define('bench', async () => null, { progressChannel: () => null, removeOnComplete: true })
         f.get('/route', { config: { cache: { ttl: 60, query: ['v'] } } }, async () => ({ ok: true }))
       }, { demoRoutes: false })

@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
 import { teardownList, bootApp, compare, opsPerSecond, row } from './helpers'
 import { startRedisServer } from '../support/redis-server'
 import { startRestServer } from '../support/rest-server'
@@ -8,6 +9,8 @@ import { startRestServer } from '../support/rest-server'
 //    vs a hand-written route doing the same writes with ioredis (ZADD + HSET in MULTI)
 //  commands per heartbeat on tcp and rest                     [exactly 1]
 //  count() latency at 100 000 online users vs at 1 000        [within 2x]
+//  billed commands per minute, 10 000 users online on 4 instances heartbeating every 30 s
+//    (issue #27: >= 100x fewer than one 9-command script per heartbeat, 180 000 a minute)
 
 const USERS = 10_000
 
@@ -64,12 +67,84 @@ async function expiries (url: string, direct: Redis): Promise<void> {
   row('  presence commands per expiry (one sweep script per 500)', commandsPerExpiry.toFixed(4))
 }
 
+/**
+ * Billed commands per minute of presence at FLEET_USERS users online on 4 instances, each user
+ * heartbeating every 30 s through a round-robin balancer (every instance sees every user), against
+ * a 60 s TTL and the default 5 s flush. Time is scaled down by TIME_SCALE (every interval
+ * divided by it, so the ratio of flushes and sweeps to heartbeats is the production one) and the
+ * commands Redis ran (INFO commandstats) are scaled back to a real minute. PRESENCE_FLUSH_MS=0 is
+ * the same store writing every heartbeat at once; 9 per heartbeat is the store before coalescing.
+ */
+const FLEET_USERS = 10_000
+const TIME_SCALE = 10
+
+async function commandsRun (admin: Redis): Promise<number> {
+  const info = await admin.info('commandstats')
+  let calls = 0
+  for (const m of info.matchAll(/^cmdstat_([a-z|_-]+):calls=(\d+)/gm)) if (m[1] !== 'info') calls += Number(m[2])
+  return calls
+}
+
+async function fleetPerMinute (env: Record<string, string | number>, admin: Redis, flushMs: number, windowMs: number): Promise<{ ran: number, billed: number, heartbeats: number }> {
+  const everyMs = 30_000 / TIME_SCALE
+  const apps: FastifyInstance[] = []
+  for (let i = 0; i < 4; i++) {
+    apps.push(await bootApp({ ...env, SSE_ENABLED: false, QUEUES_ENABLED: false, CACHE_ENABLED: false, PRESENCE_PREFIX: `bench-fleet${flushMs}`, PRESENCE_TTL_MS: 60_000 / TIME_SCALE, PRESENCE_FLUSH_MS: flushMs / TIME_SCALE, PRESENCE_TIMEOUT_MS: 10_000 }))
+  }
+  let running = true
+  let round = 0
+  let heartbeats = 0
+  const clients = (async () => {
+    while (running) {
+      const started = Date.now()
+      for (let from = 0; from < FLEET_USERS; from += 1000) {
+        await Promise.all(Array.from({ length: 1000 }, async (_v, i) => {
+          heartbeats++
+          await apps[(from + i + round) % 4].presence.heartbeat(`user${from + i}`)
+        }))
+      }
+      round++
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, everyMs - (Date.now() - started))))
+    }
+  })()
+  while (round < 5) await new Promise((resolve) => setTimeout(resolve, 100)) // joins, then each instance's first sight of each user (4 rounds)
+  const billed = (): number => apps.reduce((n, app) => n + app.connections.usage.entries().filter((e) => e.feature === 'presence').reduce((m, e) => m + e.commands, 0), 0)
+  const ran0 = await commandsRun(admin)
+  const billed0 = billed()
+  const beats0 = heartbeats
+  await new Promise((resolve) => setTimeout(resolve, windowMs))
+  const result = { ran: await commandsRun(admin) - ran0, billed: billed() - billed0, heartbeats: heartbeats - beats0 }
+  running = false
+  await clients
+  for (const app of apps) await app.close()
+  const perRealMinute = (n: number): number => n * 60_000 / windowMs / TIME_SCALE
+  return { ran: perRealMinute(result.ran), billed: perRealMinute(result.billed), heartbeats: perRealMinute(result.heartbeats) }
+}
+
+async function fleet (redisUrl: string, admin: Redis): Promise<void> {
+  const windowMs = Number(process.env.BENCH_PRESENCE_WINDOW_MS ?? 20_000)
+  process.stdout.write(`\nbilled commands per minute: ${FLEET_USERS} users online on 4 instances, heartbeat every 30 s, TTL 60 s (time scaled ${TIME_SCALE}x down, ${windowMs / 1000} s window), INFO commandstats\n`)
+  const direct = await fleetPerMinute({ REDIS_URL: redisUrl }, admin, 0, windowMs)
+  const coalesced = await fleetPerMinute({ REDIS_URL: redisUrl }, admin, 5000, windowMs)
+  const before = 9 * direct.heartbeats
+  row('heartbeats per minute', direct.heartbeats.toFixed(0))
+  row('before: one 9-command script per heartbeat', before.toFixed(0))
+  row('PRESENCE_FLUSH_MS=0: every heartbeat at once (ran / billed)', `${direct.ran.toFixed(0)} / ${direct.billed.toFixed(0)}`, before / direct.ran)
+  row('after: PRESENCE_FLUSH_MS=5000, the default (ran / billed)', `${coalesced.ran.toFixed(0)} / ${coalesced.billed.toFixed(0)}`, before / coalesced.ran)
+  row('  formula: 4 x (12 flushes x 4 + 2 sweeps x 4) per minute', String(4 * (12 * 4 + 2 * 4)))
+  row('  fewer than before (target >= 100x)', `${(before / coalesced.ran).toFixed(0)}x`)
+}
+
 export async function run (): Promise<void> {
   const cleanups = teardownList()
   const redis = await startRedisServer(cleanups)
   const rest = await startRestServer(cleanups, redis)
   const direct = new Redis(redis.url)
   try {
+    if (process.env.BENCH_PRESENCE_PARTS === 'fleet') {
+      await fleet(redis.url, direct)
+      return
+    }
     const app = await bootApp({ REDIS_URL: redis.url, PRESENCE_PREFIX: 'bench-p' }, (f) => {
       f.post<{ Body: { status?: string } }>('/hand/heartbeat', async (request) => {
         const user = String(request.headers['x-user-id'])
@@ -88,14 +163,14 @@ export async function run (): Promise<void> {
 
     const before = app.presence.stats().redisCommands
     for (let i = 0; i < 100; i++) await app.presence.heartbeat(`counted${i}`)
-    row('commands per heartbeat, tcp (target exactly 1)', ((app.presence.stats().redisCommands - before) / 100).toFixed(2))
+    row('round trips per joining heartbeat, tcp (target exactly 1)', ((app.presence.stats().redisCommands - before) / 100).toFixed(2))
     await app.close()
 
     const onRest = await bootApp({ UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: rest.token, PRESENCE_PREFIX: 'bench-pr' })
     const requests = (): number => rest.requests.command + rest.requests.pipeline + rest.requests.multiExec
     const restBefore = requests()
     for (let i = 0; i < 100; i++) await onRest.presence.heartbeat(`counted${i}`)
-    row('HTTP requests per heartbeat, rest (target exactly 1)', ((requests() - restBefore) / 100).toFixed(2))
+    row('HTTP requests per joining heartbeat, rest (target exactly 1)', ((requests() - restBefore) / 100).toFixed(2))
     await onRest.close()
 
     const counting = await bootApp({ REDIS_URL: redis.url, PRESENCE_PREFIX: 'bench-pc', PRESENCE_TTL_MS: 3_600_000 })
@@ -118,6 +193,7 @@ export async function run (): Promise<void> {
     await counting.close()
 
     await expiries(redis.url, direct)
+    await fleet(redis.url, direct)
   } finally {
     direct.disconnect()
     await cleanups.run()

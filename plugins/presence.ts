@@ -1,7 +1,8 @@
 import type { FastifyRequest } from 'fastify'
 import type { PresenceEntry, PresenceEvent, PresenceEventType, PresenceStore } from '../lib/presence/store'
-import { openPresence, presenceEvents, presenceUpkeep, writeBack, type PresenceBinding, type PresenceListener } from '../lib/presence/events'
+import { closePresence, openPresence, presenceEvents, presenceUpkeep, writeBack, type PresenceBinding, type PresenceListener } from '../lib/presence/events'
 import { seenUsers } from '../lib/presence/seen'
+import { presenceFlushMs } from '../lib/presence/coalesce'
 import { parseIntegerVariable, parseDurationVariable } from '../lib/config'
 import { InvalidInputError } from '../lib/errors'
 import { defineFeature, type FeatureApi, type FeatureStatus } from '../lib/feature'
@@ -53,12 +54,13 @@ export default defineFeature<PresencePluginOptions, PresenceBinding>({
       ttlMs: parseIntegerVariable(variable, 'PRESENCE_TTL_MS', 60_000, 10, 86_400_000),
       lastSeenTtlMs: parseDurationVariable(variable, 'PRESENCE_LAST_SEEN_TTL', '7d')
     }
+    const flushMs = presenceFlushMs(variable, times.ttlMs)
     const timeoutMs = parseIntegerVariable(variable, 'PRESENCE_TIMEOUT_MS', 1000, 1, 60_000)
     const prefix = feature.prefix(opts.prefix)
     const channel = `${prefix}:presence:events`
     const failed = (key: string, what: string) => (err: unknown) => feature.warn(key, `${what}: ${connections.redact(err).message}`)
     const seen = seenUsers(times.ttlMs)
-    const events = presenceEvents(seen, (event, err) => failed('presence-listener', `presence ${event.type} listener threw`)(err))
+    const events = presenceEvents(seen, (event, err) => failed('presence-listener', `presence ${event.type} listener threw`)(err), (event) => feature.store?.store.observe?.(event))
 
     /** Browsers can watch presence on the `public:presence` SSE channel when the sse plugin runs; the instance that caused an event publishes it once. */
     function toBrowsers (event: PresenceEvent): void {
@@ -116,16 +118,16 @@ export default defineFeature<PresencePluginOptions, PresenceBinding>({
       }
     }
 
-    presenceUpkeep(feature, seen, times.ttlMs, (userId) => toBrowsers({ type: 'leave', userId }))
+    presenceUpkeep(feature, seen, times.ttlMs, flushMs, (userId) => toBrowsers({ type: 'leave', userId }))
 
     return {
       requirement: presenceRequirement,
       timeoutMs,
-      open: async (binding) => await openPresence(binding, { prefix, channel, times, receive: events.receive, onLost: failed('presence-event', 'presence event lost') }),
+      open: async (binding) => await openPresence(binding, { prefix, channel, times, receive: events.receive, onLost: failed('presence-event', 'presence event lost'), coalesce: { flushMs, onEvent: toBrowsers } }),
       // Users known only to this instance are written to the shared store, so that nobody appears to leave.
       handOver: async (from, to) => await writeBack(from?.store.online?.(Date.now()) ?? [], async (u, device, at) => await to.store.heartbeat(u.userId, device, u.status, u.metaJson, at)),
-      close: async (binding) => await binding.stop(),
-      describe: () => ({ ttlMs: times.ttlMs, stats: api.stats() }),
+      close: async (binding, next) => await closePresence(binding, next === null, failed('presence-flush', 'presence: the last coalesced heartbeats were not written')),
+      describe: () => ({ ttlMs: times.ttlMs, flushMs, stats: api.stats() }),
       api
     }
   }

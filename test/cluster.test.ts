@@ -120,6 +120,16 @@ t.test('a node of a 3-master cluster in REDIS_URL', async (t) => {
     t.equal(keys.filter((n) => n > 0).length, 1, 'every presence key in one slot')
   })
 
+  t.test('presence: coalesced heartbeats reach the other instance in one flush script, every key still in one slot', async (t) => {
+    const beat = Date.now()
+    const before = a.app.presence.stats().redisCommands
+    await a.app.presence.heartbeat('u1', { status: 'here' }) // nothing new: it waits for A's flush (PRESENCE_FLUSH_MS, 5 s)
+    t.equal(a.app.presence.stats().redisCommands, before, 'not sent on its own')
+    await eventually(async () => ((await b.app.presence.get('u1'))?.lastSeen ?? 0) >= beat, 8000, 'flushed')
+    const keys = await keysPerMaster(cluster, '{cl:presence}:*')
+    t.equal(keys.filter((n) => n > 0).length, 1, 'every presence key in one slot')
+  })
+
   t.test('rate limit: exactly the limit across A and B, both algorithms, each key\'s windows in one slot', async (t) => {
     for (const algorithm of ['fixed-window', 'sliding-window'] as const) {
       for (let user = 0; user < 12; user++) {

@@ -2,6 +2,7 @@ import type { Bus, Unsubscribe } from '../bus'
 import type { Feature } from '../feature'
 import type { RedisCommands } from '../redis-commands'
 import type { SeenUsers } from './seen'
+import { coalescingPresenceStore } from './coalesce'
 import { memoryPresenceStore, redisPresenceStore, SWEEP_BATCH, type OnlineUser, type PresenceEvent, type PresenceEventType, type PresenceStore, type PresenceTimes } from './store'
 
 // What presence does besides its store: events from every instance to local
@@ -19,9 +20,11 @@ export interface PresenceEvents {
   receive: (message: unknown) => void
 }
 
-export function presenceEvents (seen: SeenUsers, onListenerError: (event: PresenceEvent, err: unknown) => void): PresenceEvents {
+/** `observe` hears every event first (the coalescing store: what it assumes about who is online stays true). */
+export function presenceEvents (seen: SeenUsers, onListenerError: (event: PresenceEvent, err: unknown) => void, observe: (event: PresenceEvent) => void = () => {}): PresenceEvents {
   const listeners = new Map<PresenceEventType, Set<PresenceListener>>()
   function emit (event: PresenceEvent): void {
+    observe(event)
     for (const listener of listeners.get(event.type) ?? []) {
       try {
         listener(event)
@@ -65,15 +68,30 @@ export interface PresenceOpenOptions {
   receive: (message: unknown) => void
   /** A memory store's event could not be published on its bus. */
   onLost: (err: Error) => void
+  /** Heartbeats are coalesced where they are billed (0: each written at once); `onEvent` gets the events a flush causes. */
+  coalesce: { flushMs: number, onEvent: (event: PresenceEvent) => void }
 }
 
 /** The store of a binding (Redis where there are commands, this instance's memory else) and its subscription. */
 export async function openPresence (binding: { commands: RedisCommands | null, bus: Bus }, o: PresenceOpenOptions): Promise<PresenceBinding> {
   const { commands, bus } = binding
-  const store = commands !== null
+  // The memory tier writes each heartbeat at once: nothing is billed there.
+  const store = coalescingPresenceStore(commands !== null
     ? redisPresenceStore(commands, o.prefix, o.channel, o.times)
-    : memoryPresenceStore(o.times, (event) => { bus.publish(o.channel, event).catch(o.onLost) })
+    : memoryPresenceStore(o.times, (event) => { bus.publish(o.channel, event).catch(o.onLost) }),
+  { flushMs: commands !== null ? o.coalesce.flushMs : 0, ttlMs: o.times.ttlMs, refreshMs: Math.floor(o.times.lastSeenTtlMs / 2), onEvent: o.coalesce.onEvent })
   return { store, stop: await bus.subscribe(o.channel, o.receive) }
+}
+
+/**
+ * On app close (`last`) the heartbeats coalesced here are written and a failure reported; after a
+ * move, best effort and not awaited (the old tier may be the one that went away).
+ */
+export async function closePresence (binding: PresenceBinding, last: boolean, onError: (err: unknown) => void): Promise<void> {
+  const flushed = binding.store.close?.(Date.now())
+  if (last) await flushed?.catch(onError)
+  else void flushed?.catch(() => {})
+  await binding.stop()
 }
 
 /** Each user's devices as last seen, 100 users at a time. */
@@ -116,10 +134,12 @@ function presenceSweeper (onGone: (userId: string) => void, onError: (err: unkno
  * publishes once). When Redis came back empty, the users seen here are written back as last seen
  * (no join: they never left); those who stopped heartbeating expire on the sweep that follows.
  */
-export function presenceUpkeep (feature: Feature<PresenceBinding>, seen: SeenUsers, ttlMs: number, onGone: (userId: string) => void): void {
+export function presenceUpkeep (feature: Feature<PresenceBinding>, seen: SeenUsers, ttlMs: number, flushMs: number, onGone: (userId: string) => void): void {
   const failed = (key: string, what: string) => (err: unknown) => feature.warn(key, `${what}: ${feature.connections.redact(err).message}`)
   const sweeper = presenceSweeper(onGone, (err) => failed('presence-sweep', `presence sweep failed on ${feature.tier ?? '?'}`)(err))
-  feature.every(Math.max(10, Math.floor(ttlMs / 2)), () => {
+  // Every PRESENCE_FLUSH_MS the store writes the heartbeats it coalesced; a sweep that is due (every
+  // PRESENCE_TTL_MS / 2, while anyone may be online) folds into that script.
+  feature.every(Math.max(10, flushMs > 0 ? flushMs : Math.floor(ttlMs / 2)), () => {
     seen.prune(Date.now())
     if (feature.store !== null) void sweeper.sweep(feature.store.store)
   })

@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { eventually } from '../helpers/build'
 import { counter, namespace, startHarness, type Harness, type OpenTier } from '../helpers/contract-harness'
 import { memoryPresenceStore, redisPresenceStore, type PresenceEvent, type PresenceStore, type PresenceTimes } from '../../lib/presence/store'
+import { coalescingPresenceStore } from '../../lib/presence/coalesce'
 import type { Tier } from '../../lib/resolve-tier'
 
 // The presence store contract: who is online, whatever holds it. A heartbeat
@@ -11,7 +12,10 @@ import type { Tier } from '../../lib/resolve-tier'
 // count, list (most recent first, paged) and get see only users online at
 // `now`; sweep removes the users whose TTL passed, once, with a `leave` each;
 // lastSeen outlives the user's presence; every event is published for every
-// instance; what the meter is told is what Redis ran.
+// instance; flush writes coalesced heartbeats of devices still online (never
+// one that left or expired, never a score moved back) and folds the sweep in;
+// what the meter is told is what Redis ran, and a flush costs the same for
+// one user or a hundred.
 // Time is the `now` each call is given, so expiry is tested without waiting.
 // Event shapes differ on the wire (a Redis sweep sends one message with
 // `userIds`, a Redis heartbeat sends `meta` as JSON text); they are compared
@@ -172,8 +176,119 @@ function presenceContract (t: Test, impl: PresenceImplementation, commandsRun: (
     t.same([...got.slice(0, 5), ...got.slice(5).sort((a, b) => a.userId.localeCompare(b.userId))], expected)
   })
 
+  t.test(`${tier}: flush writes the heartbeats of live devices, never moves a score back, drops those older than a leave and answers the expired`, async (t) => {
+    const { store } = await impl.open(t)
+    const now = Date.now()
+    await store.heartbeat('ann', 'phone', 'online', 'null', now)
+    await store.heartbeat('bob', 'd', 'busy', '{"b":1}', now)
+    const result = await store.flush([
+      { userId: 'ann', device: 'phone', at: now + 1000 },
+      { userId: 'bob', device: 'd', at: now + 500 },
+      { userId: 'cy', device: 'd', at: now + 800 }, // never joined
+      { userId: 'ann', device: 'laptop', at: now + 900 } // a device never written
+    ], now + 1000, false)
+    t.same([...result.expired].sort((a, b) => a.userId.localeCompare(b.userId)), [{ userId: 'ann', device: 'laptop' }, { userId: 'cy', device: 'd' }], 'not live, nobody left after them: to be written as full heartbeats')
+    t.same(result.left, [])
+    t.same(result.gone, [])
+    t.equal(result.online, null, 'no sweep, no count')
+    t.same(await store.get('ann', now + 1000), { userId: 'ann', status: 'online', meta: null, lastSeen: now + 1000 })
+    t.same(await store.get('bob', now + 1000), { userId: 'bob', status: 'busy', meta: { b: 1 }, lastSeen: now + 500 }, 'status and meta untouched')
+    t.equal(await store.get('cy', now + 1000), null, 'a flush never makes anyone online')
+    t.equal(await store.count(now + 1000), 2)
+    await store.flush([{ userId: 'ann', device: 'phone', at: now + 200 }], now + 1000, false)
+    t.equal((await store.get('ann', now + 1000))?.lastSeen, now + 1000, 'an older heartbeat does not move the score back')
+    t.equal(await store.leave('ann', 'phone', now + 1100), true)
+    const after = await store.flush([{ userId: 'ann', device: 'phone', at: now + 1050 }], now + 1200, false)
+    t.same(after, { expired: [], left: [{ userId: 'ann', device: 'phone' }], gone: [], online: null }, 'a heartbeat older than the user\'s leave is dropped')
+    t.equal(await store.get('ann', now + 1200), null, 'and does not bring them back')
+    t.same((await store.flush([{ userId: 'ann', device: 'phone', at: now + 1150 }], now + 1200, false)).expired, [{ userId: 'ann', device: 'phone' }], 'one after it is the user coming back')
+    const late = await store.flush([{ userId: 'bob', device: 'd', at: now + 2 * TIMES.ttlMs }], now + 2 * TIMES.ttlMs, false)
+    t.same(late.expired, [{ userId: 'bob', device: 'd' }], 'a device whose TTL passed is answered expired: the user is back')
+    t.equal(await store.get('bob', now + 2 * TIMES.ttlMs), null, 'not written by the flush')
+  })
+
+  t.test(`${tier}: a leave reads the other devices' liveness from what flushes wrote`, async (t) => {
+    const { store } = await impl.open(t)
+    const now = Date.now()
+    await store.heartbeat('dee', 'phone', 'online', 'null', now)
+    await store.heartbeat('dee', 'laptop', 'online', 'null', now)
+    await store.flush([{ userId: 'dee', device: 'laptop', at: now + TIMES.ttlMs / 2 }], now + TIMES.ttlMs / 2, false)
+    t.equal(await store.leave('dee', 'phone', now + TIMES.ttlMs + 1), false, 'the laptop beat (coalesced) within the TTL')
+    t.not(await store.get('dee', now + TIMES.ttlMs + 1), null)
+    const old = await store.flush([{ userId: 'dee', device: 'phone', at: now + TIMES.ttlMs }], now + TIMES.ttlMs + 1, false)
+    t.same(old.left, [{ userId: 'dee', device: 'phone' }], 'a heartbeat older than its device\'s leave is dropped')
+    t.equal(await store.leave('dee', 'laptop', now + TIMES.ttlMs + 2), true, 'the last device')
+    t.equal(await store.lastSeen('dee'), now + TIMES.ttlMs + 2)
+  })
+
+  t.test(`${tier}: a flush with the sweep keeps users it refreshed, removes the expired once, and counts who is left`, async (t) => {
+    const { store, events } = await impl.open(t)
+    const now = Date.now()
+    await store.heartbeat('stays', 'd', 'online', 'null', now)
+    await store.heartbeat('goes', 'd', 'online', 'null', now)
+    await store.flush([{ userId: 'stays', device: 'd', at: now + TIMES.ttlMs / 2 }], now + TIMES.ttlMs / 2, false)
+    const swept = await store.flush([], now + TIMES.ttlMs + 5, true)
+    t.same(swept.gone, ['goes'])
+    t.equal(swept.online, 1)
+    t.same((await store.flush([], now + TIMES.ttlMs + 6, true)).gone, [], 'once')
+    t.equal(await store.lastSeen('goes'), now, 'lastSeen of a swept user is their last heartbeat')
+    t.equal(await store.lastSeen('stays'), now + TIMES.ttlMs / 2, 'an online user\'s lastSeen is their last flushed heartbeat')
+    const empty = await store.flush([], now + 3 * TIMES.ttlMs, true)
+    t.same(empty, { expired: [], left: [], gone: ['stays'], online: 0 }, 'nobody left online')
+    await eventually(() => events().filter((e) => e.type === 'leave').length === 2, 3000, 'two leaves')
+    t.same(events().filter((e) => e.type === 'leave').map((e) => e.userId), ['goes', 'stays'])
+  })
+
+  t.test(`${tier}: coalesced, a heartbeat that changes nothing waits for the tick; joins, status and new devices go at once`, async (t) => {
+    const { store: inner, events } = await impl.open(t)
+    const store = coalescingPresenceStore(inner, { flushMs: 1000, ttlMs: TIMES.ttlMs, refreshMs: 10 * TIMES.ttlMs })
+    const now = Date.now()
+    const billedNow = impl.billed ?? (() => 0)
+    t.equal(await store.heartbeat('ann', 'phone', 'online', 'null', now), 'join')
+    const before = billedNow()
+    t.equal(await store.heartbeat('ann', 'phone', 'online', 'null', now + 100), null)
+    t.equal(billedNow(), before, 'nothing sent')
+    t.equal((await store.get('ann', now + 100))?.lastSeen, now, 'the score waits for the flush')
+    t.equal(await store.heartbeat('ann', 'phone', 'away', 'null', now + 200), 'status', 'a status change goes at once')
+    t.equal(await store.heartbeat('ann', 'laptop', 'away', 'null', now + 300), null, 'a new device goes at once (not an event)')
+    t.equal(await store.heartbeat('ann', 'laptop', 'away', 'null', now + 400), null)
+    await store.sweep(now + 500) // the tick
+    t.equal((await store.get('ann', now + 500))?.lastSeen, now + 400, 'written by the tick')
+    t.equal(await store.heartbeat('ann', 'laptop', 'away', 'null', now + 600), null)
+    await store.close?.(now + 700)
+    t.equal((await store.get('ann', now + 700))?.lastSeen, now + 600, 'close writes what is pending')
+    await inner.sweep(now + 700 + TIMES.ttlMs) // ann expires
+    const back = now + 800 + TIMES.ttlMs
+    t.equal(await store.heartbeat('ann', 'laptop', 'away', 'null', back), null, 'known here: coalesced')
+    await store.sweep(back)
+    t.equal((await store.get('ann', back))?.lastSeen, back, 'the flush found her expired and wrote a full heartbeat')
+    await eventually(() => events().length >= 4, 3000, 'join, status, leave, join')
+    t.same(events().map((e) => e.type), ['join', 'status', 'leave', 'join'])
+  })
+
   const { billed } = impl
   if (billed === null) return
+
+  t.test(`${tier}: one tick writes a hundred users' heartbeats for the price of one`, async (t) => {
+    const { store: inner } = await impl.open(t)
+    const store = coalescingPresenceStore(inner, { flushMs: 1000, ttlMs: TIMES.ttlMs, refreshMs: 10 * TIMES.ttlMs })
+    const now = Date.now()
+    const tickCost = async (users: number, at: number): Promise<{ billed: number, ran: number }> => {
+      for (let i = 0; i < users; i++) await store.heartbeat(`u${i}`, 'd', 'online', 'null', at)
+      const b = billed()
+      const r = await commandsRun()
+      await store.sweep(at)
+      return { billed: billed() - b, ran: await commandsRun() - r }
+    }
+    for (let i = 0; i < 100; i++) await store.heartbeat(`u${i}`, 'd', 'online', 'null', now) // joins
+    await tickCost(1, now + 50) // the flush script is in Redis's script cache
+    const one = await tickCost(1, now + 100)
+    const hundred = await tickCost(100, now + 200)
+    t.same(one, { billed: 4, ran: 4 }, 'EVALSHA, ZMSCORE, two ZADDs')
+    t.same(hundred, one, 'the same for a hundred users')
+    t.equal((await store.get('u99', now + 200))?.lastSeen, now + 200)
+  })
+
   t.test(`${tier}: what the meter is told is what Redis ran (INFO commandstats)`, async (t) => {
     const { store } = await impl.open(t)
     const everyOperation = async (round: string): Promise<void> => {
@@ -190,8 +305,18 @@ function presenceContract (t: Test, impl: PresenceImplementation, commandsRun: (
       await store.leave(`${round}a`, 'd1', now) // another device online
       await store.leave(`${round}a`, 'd2', now) // the last: a leave
       await store.leave(`${round}a`, 'd2', now) // not online
+      await store.flush([{ userId: `${round}c`, device: 'd', at: now }], now, false) // expired: never joined
+      await store.heartbeat(`${round}c`, 'd1', 'online', 'null', now)
+      await store.heartbeat(`${round}c`, 'd2', 'online', 'null', now)
+      await store.flush([{ userId: `${round}c`, device: 'd1', at: now + 1 }, { userId: `${round}c`, device: 'd3', at: now + 1 }], now + 1, false)
+      await store.leave(`${round}c`, 'd1', now + 2) // d2 is live
+      await store.flush([{ userId: `${round}c`, device: 'd1', at: now + 1 }], now + 2, false) // left after it
+      await store.restore(`${round}c`, 'd4', 'online', 'null', now - 10) // older than what is there
+      await store.restore(`${round}e`, 'd', 'online', 'null', now) // written
+      await store.lastSeen(`${round}missing`)
       await store.sweep(now) // sweeps b
       await store.sweep(now) // nothing to sweep
+      await store.flush([{ userId: `${round}c`, device: 'd2', at: now + 3 }], now + 3, true) // a flush with a sweep
     }
     await everyOperation('warm') // the scripts are in Redis's script cache
     const ran = await commandsRun()
