@@ -227,3 +227,20 @@ t.test('a REST-only app produces BullMQ jobs that a TCP worker runs', async (t) 
     t.equal(withId.filter((k) => k === 'split:queues:mail:retry-me').length, 1)
   })
 })
+
+t.test('rest: a queue whose set-up got no answer (the process frozen while it booted) is set up again by the next call', async (t) => {
+  const redis = await startRedisServer(t)
+  const bridge = await startRestBridge({ redisUrl: redis.url, token: TEST_REST_TOKEN })
+  t.teardown(async () => await bridge.close())
+  t.teardown(() => redis.resume())
+  const { app } = await build(t, { ...BASE, UPSTASH_REDIS_REST_URL: bridge.url, UPSTASH_REDIS_REST_TOKEN: TEST_REST_TOKEN, REDIS_COMMAND_TIMEOUT_MS: 200, QUEUES_TIMEOUT_MS: 200, QUEUES_PREFIX: 'rest-setup' }, {
+    plugins: [async (app: FastifyInstance) => {
+      redis.pause() // BullMQ's version check, sent over REST as the queue is made, gets no answer
+      app.queues.define('late', async () => null)
+      await new Promise((resolve) => setTimeout(resolve, 600)) // past its deadline: the check failed
+      redis.resume()
+    }]
+  })
+  const { id } = await app.queues.add('late', { n: 1 })
+  t.match(await app.queues.getJob('late', id), { state: 'waiting', data: { n: 1 } }, 'added, and readable')
+})

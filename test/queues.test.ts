@@ -318,6 +318,22 @@ t.test('tcp: a Redis that accepts but never answers: add answers 503 within QUEU
   redis.resume()
 })
 
+t.test('tcp: a queue whose set-up got no answer (the process frozen while it booted) is set up again by the next call', async (t) => {
+  const redis = await startRedisServer(t)
+  t.teardown(() => redis.resume())
+  const { app } = await build(t, { ...BASE, REDIS_URL: redis.url, QUEUES_PREFIX: 'setup', REDIS_COMMAND_TIMEOUT_MS: 200, QUEUES_TIMEOUT_MS: 200, QUEUES_WORKERS: false }, {
+    plugins: [async (app: FastifyInstance) => {
+      redis.pause() // BullMQ's version check, sent as the queue is made, gets no answer
+      app.queues.define('late', async () => null)
+      await new Promise((resolve) => setTimeout(resolve, 600)) // past its deadline: the check failed
+      redis.resume()
+    }]
+  })
+  const { id } = await app.queues.add('late', { n: 1 })
+  t.match(await app.queues.getJob('late', id), { state: 'waiting', data: { n: 1 } }, 'added, and readable')
+  t.match(await app.queues.counts('late'), { waiting: 1 })
+})
+
 t.test('queues are skipped with the reason where there is no Redis', async (t) => {
   const redis = await startRedisServer(t)
   const cases: Array<{ name: string, env: EnvInput, reason: RegExp }> = [

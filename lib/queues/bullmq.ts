@@ -6,7 +6,7 @@ import { bullmqScriptCost } from './costs'
 import { RestBullmqClient } from './rest-client'
 import type { Meter } from '../redis-commands'
 import { settledWithin, withTimeout } from '../deadline'
-import type { JobContext, JobCounts, JobInfo, QueueBackend, JobEvents, ScheduleInfo } from './backend'
+import type { JobContext, JobCounts, JobInfo, QueueBackend, QueueDefinition, JobEvents, ScheduleInfo } from './backend'
 
 // BullMQ on the tcp tier, with the connections BullMQ requires and none that
 // it would make up: producers share one connection that fails fast (offline
@@ -73,6 +73,33 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     return queue
   }
 
+  const defaults = new Map<string, QueueDefinition['defaults']>()
+  function openQueue (name: string): Queue {
+    const queue = new Queue(name, { connection: producer, prefix: settings.prefix, defaultJobOptions: defaults.get(name) })
+    queue.on('error', settings.onError)
+    queues.set(name, queue)
+    return queue
+  }
+
+  /**
+   * The queue, set up again when its set-up failed: BullMQ checks the server's version once, when
+   * the queue is made, and keeps a failure of that check for every later call (a Redis that did
+   * not answer it in time, as when the process was frozen while it booted, would refuse every
+   * add until a restart).
+   */
+  async function usable (name: string): Promise<Queue> {
+    const queue = ready(name)
+    try {
+      await queue.waitUntilReady()
+      return queue
+    } catch {
+      void queue.close().catch(() => {}) // its connection is the shared producer, which stays open
+      const fresh = openQueue(name)
+      await fresh.waitUntilReady()
+      return fresh
+    }
+  }
+
   /** Whether the job's end is to be reported: not when it was abandoned. */
   function finished (job: Job): boolean {
     running.delete(job)
@@ -106,10 +133,9 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
   }
 
   return {
-    define ({ name, processor, concurrency, defaults }, worker) {
-      const queue = new Queue(name, { connection: producer, prefix: settings.prefix, defaultJobOptions: defaults })
-      queue.on('error', settings.onError)
-      queues.set(name, queue)
+    define ({ name, processor, concurrency, defaults: jobDefaults }, worker) {
+      defaults.set(name, jobDefaults)
+      openQueue(name)
       if (!worker || workerConnection === null) return
       const w = new Worker(name, async (job: Job) => await processor(context(name, job)), {
         connection: workerConnection,
@@ -139,7 +165,7 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async add (name, jobs) {
-      const queue = ready(name)
+      const queue = await usable(name)
       if (jobs.length === 1) {
         const job = await queue.add(name, jobs[0].data, jobs[0].opts)
         return [job.id ?? '']
@@ -149,23 +175,23 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async getJob (name, id) {
-      const queue = ready(name)
+      const queue = await usable(name)
       return await info(queue, id)
     },
 
     async schedule (name, id, repeat, data) {
-      const queue = ready(name)
+      const queue = await usable(name)
       const job = await queue.upsertJobScheduler(id, { every: repeat.every, pattern: repeat.cron, tz: repeat.tz }, { name, data })
       return { id, ...repeat, next: job !== undefined ? job.timestamp + (job.delay ?? 0) : null }
     },
 
     async unschedule (name, id) {
-      const queue = ready(name)
+      const queue = await usable(name)
       return await queue.removeJobScheduler(id)
     },
 
     async schedules (name) {
-      const queue = ready(name)
+      const queue = await usable(name)
       const list = await queue.getJobSchedulers()
       return list.map((s): ScheduleInfo => ({
         id: s.id ?? s.key,
@@ -177,18 +203,18 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
     },
 
     async counts (name) {
-      const queue = ready(name)
+      const queue = await usable(name)
       const counts = await queue.getJobCounts(...COUNTED)
       return Object.fromEntries(COUNTED.map((k) => [k, counts[k] ?? 0])) as unknown as JobCounts
     },
 
     async pause (name) {
-      const queue = ready(name)
+      const queue = await usable(name)
       await queue.pause()
     },
 
     async resume (name) {
-      const queue = ready(name)
+      const queue = await usable(name)
       await queue.resume()
     },
 
