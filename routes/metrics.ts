@@ -17,37 +17,12 @@ export interface MetricsOptions {
 
 export default async function metricsRoutes (fastify: FastifyInstance, opts: MetricsOptions): Promise<void> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when metrics are mounted; the import above is types only
-  const { Registry, Gauge, Counter } = require('prom-client') as typeof PromClient
-  const registry = new Registry()
+  const prom = require('prom-client') as typeof PromClient
+  const registry = new prom.Registry()
   const { connections } = fastify
   const tierOf = (tier: Tier | null): string => tier ?? 'none'
 
-  function gauge (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]> | Promise<Array<[Labels, number]>>): void {
-    const metric = new Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [registry],
-      async collect () {
-        metric.reset()
-        for (const [labels, value] of await read()) metric.set(labels, value)
-      }
-    })
-  }
-
-  /** A counter mirroring a feature's own monotonic count (it restarts when the feature moves tier, as a counter may). */
-  function counter (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]>): void {
-    const metric = new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [registry],
-      collect () {
-        metric.reset()
-        for (const [labels, value] of read()) metric.inc(labels, value)
-      }
-    })
-  }
+  const { gauge, counter } = seriesOf(prom, registry)
 
   const redisTiers = (Object.keys(connections.tiers) as RedisTier[]).filter((t) => connections.tiers[t].configured)
   gauge('redis_tiers_tier_up', '1 while a configured Redis tier is reachable', ['tier'], () => redisTiers.map((t) => [{ tier: t }, connections.tiers[t].reachable ? 1 : 0]))
@@ -115,4 +90,36 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
     if (opts.authorize !== undefined && !(await opts.authorize(request))) throw new ForbiddenError('not allowed to read the metrics')
     return await reply.type(registry.contentType).send(await registry.metrics())
   })
+}
+
+type Read = () => Array<[Labels, number]> | Promise<Array<[Labels, number]>>
+
+/** Series read when scraped: a gauge set from `read`, and a counter mirroring a feature's own monotonic count (it restarts when the feature moves tier, as a counter may). */
+function seriesOf ({ Gauge, Counter }: typeof PromClient, registry: PromClient.Registry): { gauge: (name: string, help: string, labelNames: string[], read: Read) => void, counter: (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]>) => void } {
+  return {
+    gauge (name, help, labelNames, read) {
+      const metric = new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [registry],
+        async collect () {
+          metric.reset()
+          for (const [labels, value] of await read()) metric.set(labels, value)
+        }
+      })
+    },
+    counter (name, help, labelNames, read) {
+      const metric = new Counter({
+        name,
+        help,
+        labelNames,
+        registers: [registry],
+        collect () {
+          metric.reset()
+          for (const [labels, value] of read()) metric.inc(labels, value)
+        }
+      })
+    }
+  }
 }
