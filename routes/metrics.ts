@@ -93,33 +93,27 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
 }
 
 type Read = () => Array<[Labels, number]> | Promise<Array<[Labels, number]>>
+type Maker = (name: string, help: string, labelNames: string[], read: Read) => void
 
-/** Series read when scraped: a gauge set from `read`, and a counter mirroring a feature's own monotonic count (it restarts when the feature moves tier, as a counter may). */
-function seriesOf ({ Gauge, Counter }: typeof PromClient, registry: PromClient.Registry): { gauge: (name: string, help: string, labelNames: string[], read: Read) => void, counter: (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]>) => void } {
-  return {
-    gauge (name, help, labelNames, read) {
-      const metric = new Gauge({
-        name,
-        help,
-        labelNames,
-        registers: [registry],
-        async collect () {
-          metric.reset()
-          for (const [labels, value] of await read()) metric.set(labels, value)
+/**
+ * Series read when scraped: a gauge set from `read`, and a counter mirroring a feature's own
+ * monotonic count (it restarts when the feature moves tier, as a counter may).
+ */
+function seriesOf ({ Gauge, Counter }: typeof PromClient, registry: PromClient.Registry): { gauge: Maker, counter: Maker } {
+  const maker = (Metric: typeof Gauge | typeof Counter): Maker => (name, help, labelNames, read) => {
+    const metric: PromClient.Gauge | PromClient.Counter = new Metric({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      async collect () {
+        metric.reset()
+        for (const [labels, value] of await read()) {
+          if (metric instanceof Gauge) metric.set(labels, value)
+          else metric.inc(labels, value)
         }
-      })
-    },
-    counter (name, help, labelNames, read) {
-      const metric = new Counter({
-        name,
-        help,
-        labelNames,
-        registers: [registry],
-        collect () {
-          metric.reset()
-          for (const [labels, value] of read()) metric.inc(labels, value)
-        }
-      })
-    }
+      }
+    })
   }
+  return { gauge: maker(Gauge), counter: maker(Counter) }
 }
