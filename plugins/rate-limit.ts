@@ -69,6 +69,7 @@ export default defineFeature<RateLimitPluginOptions, RateLimitStore>({
       timeoutMs: settings.timeoutMs,
       onOutage: settings.onOutage,
       instances: fleet.count,
+      explain: (err) => feature.connections.explain(feature.tier, err),
       onStoreError (err) {
         stats.storeErrors++
         feature.warn('rate-limit-store', `rate limit: the shared count failed on ${feature.tier ?? 'no tier'}, decided by RATE_LIMIT_ON_OUTAGE=${settings.onOutage}: ${feature.connections.redact(err).message}`)

@@ -32,7 +32,7 @@ export function fastifyRateLimitStore (limiter: () => Limiter, algorithm: () => 
       // max 0 refuses everything, as @fastify/rate-limit's own stores do.
       if (max < 1) { callback(null, { current: 1, ttl: Math.max(1, timeWindow) }); return }
       limiter().consume(this.scope + String(key), { limit: max, window: Math.max(1, Math.trunc(timeWindow)), algorithm: algorithm() }).then((decision) => {
-        if (decision.source === 'closed') { callback(new FeatureUnavailableError('rateLimit', decision.reason ?? 'the shared count is unavailable')); return }
+        if (decision.source === 'closed') { callback(new FeatureUnavailableError('rate-limit', decision.reason ?? 'the shared count is unavailable')); return }
         // @fastify/rate-limit refuses when current > max, and bans past max + ban.
         const current = decision.allowed ? decision.limit - decision.remaining : decision.limit + decision.refused
         callback(null, { current, ttl: decision.resetMs })

@@ -44,6 +44,8 @@ export interface LimiterOptions {
   instances: () => number
   /** Told once per decision the shared store could not make. */
   onStoreError?: (err: unknown) => void
+  /** A store error as a caller may read it (Redis's own words, no command, key or address). */
+  explain: (err: unknown) => string
   now?: () => number
 }
 
@@ -68,9 +70,9 @@ export function validateConsume (key: unknown, options: ConsumeOptions): RateLim
 }
 
 /** Why the shared count could not decide, in words a 503 or a log line can carry. */
-function failure (err: Error, timeoutMs: number): string {
+function failure (err: Error, timeoutMs: number, explain: (err: unknown) => string): string {
   const late = (err as { code?: string }).code === 'ETIMEDOUT' || /timed out|did not answer/i.test(err.message)
-  return late ? `the shared count did not answer within ${timeoutMs} ms (RATE_LIMIT_TIMEOUT_MS)` : `the shared count failed (${err.message})`
+  return late ? `the shared count did not answer within ${timeoutMs} ms (RATE_LIMIT_TIMEOUT_MS)` : `the shared count failed (${explain(err)})`
 }
 
 export function createLimiter (opts: LimiterOptions): Limiter {
@@ -111,7 +113,7 @@ export function createLimiter (opts: LimiterOptions): Limiter {
         decision = await opts.store().consume(id, rule, at)
       } catch (err) {
         opts.onStoreError?.(err)
-        return await onOutage(id, rule, at, failure(err as Error, opts.timeoutMs))
+        return await onOutage(id, rule, at, failure(err as Error, opts.timeoutMs, opts.explain))
       }
       if (!decision.allowed) blocked.set(ruleKey, { until: at + decision.resetMs, refused: 1 }, { ttl: decision.resetMs })
       return { ...decision, source: opts.shared() ? 'shared' : 'local', refused: decision.allowed ? 0 : 1 }
