@@ -87,16 +87,25 @@ export async function bullmqBackend (settings: BullmqSettings): Promise<QueueBac
    * not answer it in time, as when the process was frozen while it booted, would refuse every
    * add until a restart).
    */
+  const settingUp = new Map<string, Promise<Queue>>()
   async function usable (name: string): Promise<Queue> {
     const queue = ready(name)
     try {
       await queue.waitUntilReady()
       return queue
     } catch {
-      void queue.close().catch(() => {}) // its connection is the shared producer, which stays open
-      const fresh = openQueue(name)
-      await fresh.waitUntilReady()
-      return fresh
+      // Concurrent calls share one new set-up: one version check, one Queue kept.
+      let fresh = settingUp.get(name)
+      if (fresh === undefined) {
+        if (queues.get(name) === queue) {
+          void queue.close().catch(() => {}) // its connection is the shared producer, which stays open
+          openQueue(name)
+        }
+        const opened = ready(name)
+        fresh = opened.waitUntilReady().then(() => opened).finally(() => settingUp.delete(name))
+        settingUp.set(name, fresh)
+      }
+      return await fresh
     }
   }
 
