@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import http from 'node:http'
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { Redis } from 'ioredis'
 import { holdWhileReconnecting } from '../lib/tiers/tcp-reconnect'
+import { sha1 } from '../lib/tiers/tcp-client'
 
 // An HTTP server that speaks the Upstash REST protocol in front of a real
 // Redis: what the tests use for the rest tier, and what developers of
@@ -130,11 +131,10 @@ function checkSupported (args: string[]): void {
 // keeps the client's sha1 working: EVALSHA of the script as the client wrote
 // it runs the script as Redis loaded it (SCRIPT LOAD loads it without the
 // flag too; its answer is the sha1 of what Redis has, which works as well).
-const UPSTASH_ONLY_FLAG = /^(#!lua[^\n]*?flags=)([^\s\n]*)/
+const UPSTASH_ONLY_FLAG = /^(#!lua[^\n]*?flags=)(\S*)/
 
 function scriptFlags (): (args: string[]) => string[] {
   const loaded = new Map<string, string>() // the client's sha1 -> the sha1 of what Redis has
-  const sha1 = (source: string): string => createHash('sha1').update(source).digest('hex')
   const strip = (source: string): string | undefined => {
     const match = UPSTASH_ONLY_FLAG.exec(source)
     if (match === null || !match[2].split(',').includes('allow-key-locking')) return undefined
