@@ -134,11 +134,19 @@ end
 if #others > 0 then
   n = n + 1
   local scores = redis.call('ZMSCORE', KEYS[2], unpack(others))
+  local live, expired = false, {}
   for i = 1, #others do
-    if scores[i] and tonumber(scores[i]) > cutoff then
-      redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1] .. '\\n' .. ARGV[2])
-      return { 0, n + 1 }
+    if scores[i] and tonumber(scores[i]) > cutoff then live = true
+    else table.insert(expired, 'd:' .. string.sub(others[i], #ARGV[1] + 2)) end
+  end
+  if live then
+    -- The fields of devices that expired go too: a user online for long does not collect them.
+    if #expired > 0 then
+      redis.call('HDEL', KEYS[3], unpack(expired))
+      n = n + 1
     end
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1] .. '\\n' .. ARGV[2])
+    return { 0, n + 1 }
   end
 end
 n = n + 1
