@@ -30,6 +30,8 @@ export interface RateLimitStats {
   /** Decisions by who made them: the shared count, the local block list, or the outage policy. */
   by: Record<RateLimitDecision['source'], number>
   storeErrors: number
+  /** Decisions made by RATE_LIMIT_ON_OUTAGE because the shared count failed (not the memory tier's own). */
+  byPolicy: number
   /** Instances sharing the limit, as last counted. */
   instances: number
 }
@@ -62,7 +64,7 @@ export default defineFeature<RateLimitPluginOptions, RateLimitStore>({
     }
 
     const fleet = fleetCount(() => feature.binding?.commands ?? null, `${prefix}:rl:instances`, randomUUID(), settings.instancesRefreshMs)
-    const stats: RateLimitStats = { decisions: 0, by: { shared: 0, blocked: 0, local: 0, open: 0, closed: 0 }, storeErrors: 0, instances: 1 }
+    const stats: RateLimitStats = { decisions: 0, by: { shared: 0, blocked: 0, local: 0, open: 0, closed: 0 }, storeErrors: 0, byPolicy: 0, instances: 1 }
     const limiter = createLimiter({
       store: () => feature.store ?? memoryRateLimitStore(),
       shared: () => feature.binding?.shared ?? false,
@@ -78,6 +80,7 @@ export default defineFeature<RateLimitPluginOptions, RateLimitStore>({
     const counted = (decision: RateLimitDecision): RateLimitDecision => {
       stats.decisions++
       stats.by[decision.source]++
+      if (decision.reason !== undefined) stats.byPolicy++
       const due = fleet.due()
       if (due !== null) feature.background(due)
       return decision

@@ -68,7 +68,7 @@ export default async function metricsRoutes (fastify: FastifyInstance, opts: Met
     return [[{ ...on(queues.tier), outcome: 'completed' }, s.completed], [{ ...on(queues.tier), outcome: 'failed' }, s.failed]]
   })
   const { rateLimiter } = fastify
-  counter('redis_tiers_rate_limit_decisions_total', 'Rate-limit decisions, by who made them: shared (Redis), blocked (the local block list, no round trip), local, open or closed (RATE_LIMIT_ON_OUTAGE)', ['tier', 'source'], () =>
+  counter('redis_tiers_rate_limit_decisions_total', 'Rate-limit decisions, by who made them: shared (Redis), blocked (the local block list, no round trip), local (this instance counting alone: the memory tier, or RATE_LIMIT_ON_OUTAGE=local), open or closed (RATE_LIMIT_ON_OUTAGE)', ['tier', 'source'], () =>
     Object.entries(rateLimiter.stats().by).map(([source, n]) => [{ ...on(rateLimiter.tier), source }, n]))
   const { usage } = connections
   counter('redis_tiers_redis_commands_total', 'Redis commands billed, by feature and tier: a Lua script counts its EVAL and every command it runs', ['feature', 'tier'], () =>

@@ -2,7 +2,8 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import { FeatureUnavailableError, ForbiddenError } from '../lib/errors'
 import type { BudgetReport } from '../lib/usage'
-import { registeredTiers } from '../lib/tiers/registry'
+import { tierDefinition } from '../lib/tiers/registry'
+import type { RedisTier } from '../lib/resolve-tier'
 import { statusPage } from './status-page'
 
 // GET /status: one page that shows every tier and feature and what they cost,
@@ -107,7 +108,9 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
     return {
       at: new Date().toISOString(),
       status: connections.status(),
-      tiers: registeredTiers().map(({ tier, setUp }) => {
+      // The tiers this app configured at boot (a tier registered later is not in them).
+      tiers: (Object.keys(connections.tiers) as RedisTier[]).map((tier) => {
+        const setUp = tierDefinition(tier)?.setUp ?? ''
         const { configured, reachable, latencyMs, endpoint, source, lastError, since, refusing } = connections.tiers[tier]
         return { tier, configured, reachable, latencyMs, endpoint, source, lastError, since, refusing, setUp }
       }),
@@ -117,7 +120,7 @@ export default async function statusRoutes (fastify: FastifyInstance, opts: Stat
         sse: { clients: s.clients, published: s.published, delivered: s.delivered, eventsPerSecond: seconds > 0.5 ? Math.max(0, s.published - last.ssePublished) / seconds : 0 },
         presence: { online: slow.online },
         queues: slow.queues,
-        rateLimit: { decisions: r.decisions, refusedInMemory: r.by.blocked, byPolicy: r.by.local + r.by.open + r.by.closed, instances: r.instances }
+        rateLimit: { decisions: r.decisions, refusedInMemory: r.by.blocked, byPolicy: r.byPolicy, instances: r.instances }
       },
       commands: connections.usage.entries(),
       budget: connections.usage.budget(),

@@ -56,6 +56,7 @@ function spec (t: Test, tier: Tier, sharedEnv: () => EnvInput): void {
     const { app } = await build(t, envFor())
     const first = await app.rateLimiter.consume('user:1', { limit: 2, window: '1m' })
     t.match(first, { allowed: true, limit: 2, remaining: 1, source: tier === 'memory' ? 'local' : 'shared' })
+    t.equal(app.rateLimiter.stats().byPolicy, 0, 'no outage: no decision by the policy, on memory either')
     t.ok(first.resetMs > 0 && first.resetMs <= 60_000)
     t.match(await app.rateLimiter.consume('user:1', { limit: 2, window: 60 }), { allowed: true, remaining: 0 })
     t.match(await app.rateLimiter.consume('user:1', { limit: 2, window: 60 }), { allowed: false, remaining: 0 })
@@ -118,6 +119,7 @@ t.test('a Redis that stops answering (paused): each decision falls back within R
     t.match(decision, { allowed: true, source: 'local', reason: /did not answer within 100 ms/ })
   }
   t.ok(Math.max(...times) < 100 + 150, `every decision within the deadline and a little (${times.map((ms) => ms.toFixed(0)).join(', ')} ms)`)
+  t.match(app.rateLimiter.stats(), { byPolicy: 5, by: { shared: 1, local: 5 } }, 'the five made by the policy are counted as such')
   redis.resume()
   await eventually(async () => (await app.rateLimiter.consume('k', { limit: 10, window: '1m' })).source === 'shared', 10_000, 'the shared count is used again')
 })
